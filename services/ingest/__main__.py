@@ -1,0 +1,23 @@
+"""`logagg ingest`: serve the API until SIGTERM or SIGINT, then finish requests in flight."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from services.ingest.app import create_app
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def run(settings: Settings) -> int:
+    logger.info("ingest starting", extra={"action": "ingest_start", "host": settings.ingest_host,
+                                          "port": settings.ingest_port})
+    # run_app turns SIGTERM/SIGINT into a graceful shutdown: stop listening, let in-flight
+    # requests finish, then run the cleanup contexts that close Redis and PostgreSQL.
+    web.run_app(create_app(settings), host=settings.ingest_host, port=settings.ingest_port,
+                shutdown_timeout=10, print=None, access_log=None)
+    logger.info("ingest stopped", extra={"action": "ingest_stop"})
+    return 0

@@ -1,0 +1,57 @@
+"""The ingest application: factory, resources and their lifecycle.
+
+Redis and PostgreSQL clients are opened by `cleanup_ctx` entries in a fixed order and closed in
+the reverse one; handlers find them under typed `AppKey`s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from services.ingest.middlewares import count_requests, errors_as_json
+from services.ingest.keys import SETTINGS, STARTED, STORE, STREAM
+from services.ingest.routes import setup_routes
+from shared.db import make_pool
+from shared.settings import Settings
+from shared.store import Store
+from shared.stream import Stream
+
+logger = logging.getLogger(__name__)
+
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        # Outermost first: errors become JSON answers, which are then counted.
+        middlewares=[count_requests, errors_as_json],
+    )
+    app[SETTINGS] = settings
+    app[STARTED] = time.monotonic()
+    app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(_postgres)
+    setup_routes(app)
+    return app
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    app[STREAM] = Stream(redis, key=settings.stream_key, group=settings.consumer_group)
+    yield
+    await redis.aclose()
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    # The pool opens without waiting: ingest accepts events while PostgreSQL is down, and
+    # /readyz says so.
+    pool = make_pool(app[SETTINGS].database_url, max_size=4, name="ingest")
+    await pool.open(wait=False)
+    app[STORE] = Store(pool)
+    yield
+    await pool.close()

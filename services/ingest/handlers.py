@@ -1,0 +1,154 @@
+"""Thin request handlers: parse and check the request, call the domain, shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+import psycopg
+import psycopg_pool
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from services.ingest.errors import ApiError, json_dumps, unavailable
+from services.ingest.keys import SETTINGS, STARTED, STORE, STREAM
+from shared import cursor, validation
+from shared.events import BodyShapeError, events_of
+from shared.exceptions import InvalidCursor
+from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS
+
+logger = logging.getLogger(__name__)
+
+STORE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+MAX_PAGE = 1000
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=json_dumps)
+
+
+async def publish(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    started = time.perf_counter()
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       f"send Content-Type: application/json, not {request.content_type!r}")
+    if (request.content_length or 0) > settings.max_body_bytes:
+        raise ApiError(413, "body_too_large",
+                       f"the body is over MAX_BODY_BYTES ({settings.max_body_bytes} bytes)")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    try:
+        events = events_of(body)
+    except BodyShapeError as error:
+        raise ApiError(400, "invalid_body", str(error)) from None
+    if len(events) > settings.max_batch_events:
+        raise ApiError(413, "too_many_events",
+                       f"{len(events)} events is over MAX_BATCH_EVENTS "
+                       f"({settings.max_batch_events}): split the batch")
+    problems = validation.problems(events)
+    if problems:
+        bad = len({p["index"] for p in problems})
+        raise ApiError(422, "invalid_event",
+                       f"{bad} of {len(events)} events failed validation; none was accepted",
+                       details=list(problems))
+    try:
+        await request.app[STREAM].publish([orjson.dumps(e) for e in events])
+    except RedisError as error:
+        raise unavailable("broker", error) from None
+    EVENTS_ACCEPTED.inc(len(events))
+    PUBLISH_SECONDS.observe(time.perf_counter() - started)
+    return _json({"accepted": len(events)}, status=202)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    topic, after, limit = _page_query(request.query)
+    try:
+        rows = await request.app[STORE].events_page(topic=topic, after=after, limit=limit)
+    except STORE_ERRORS as error:
+        raise unavailable("store", error) from None
+    following = cursor.encode(rows[-1].position) if len(rows) == limit else None
+    return _json({"events": [row.as_json() for row in rows], "next": following})
+
+
+def _page_query(query: Any) -> tuple[str | None, Any, int]:
+    unknown = sorted(set(query) - {"topic", "limit", "after"})
+    if unknown:
+        raise _bad_query(unknown[0], "is not a parameter of /events (topic, limit, after)")
+    for name in query:
+        if len(query.getall(name)) > 1:
+            raise _bad_query(name, "is given more than once")
+    topic = query.get("topic")
+    if topic is not None and not 1 <= len(topic) <= 255:
+        raise _bad_query("topic", "must be 1 to 255 characters")
+    raw_limit = query.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise _bad_query("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+    after = None
+    if "after" in query:
+        try:
+            after = cursor.decode(query["after"])
+        except InvalidCursor as error:
+            raise _bad_query("after", str(error)) from None
+    return topic, after, int(raw_limit)
+
+
+def _bad_query(name: str, why: str) -> ApiError:
+    return ApiError(400, "invalid_parameter", f"{name!r} {why}",
+                    details=[{"parameter": name, "message": why}])
+
+
+async def stats(request: web.Request) -> web.Response:
+    stream, store = request.app[STREAM], request.app[STORE]
+    try:
+        received, pending = await asyncio.gather(stream.received(), stream.pending())
+    except RedisError as error:
+        raise unavailable("broker", error) from None
+    try:
+        counts = await store.stats()
+    except STORE_ERRORS as error:
+        raise unavailable("store", error) from None
+    return _json({
+        "received": received,
+        "unique_processed": counts.total("unique_processed"),
+        "duplicate_dropped": counts.total("duplicate_dropped"),
+        "dead_lettered": counts.total("dead_lettered"),
+        "pending": pending,
+        "uptime_seconds": round(time.monotonic() - request.app[STARTED], 3),
+        "topics": {
+            topic: {"unique_processed": c.unique_processed,
+                    "duplicate_dropped": c.duplicate_dropped}
+            for topic, c in counts.topics.items()
+        },
+    })
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = {"redis": _check(request.app[STREAM].ping()),
+              "postgres": _check(request.app[STORE].ping())}
+    results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+    ready = all(result == "ok" for result in results.values())
+    return _json({"status": "ready" if ready else "not_ready", "checks": results},
+                 status=200 if ready else 503)
+
+
+async def _check(probe: Any) -> str:
+    try:
+        await asyncio.wait_for(probe, timeout=2)
+    except (RedisError, *STORE_ERRORS, TimeoutError, OSError) as error:
+        return f"unavailable: {type(error).__name__}"
+    return "ok"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

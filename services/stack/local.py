@@ -1,0 +1,249 @@
+"""The whole stack on this machine, without Docker: `logagg up` and `logagg demo`.
+
+Redis and PostgreSQL run from local binaries over a data folder that outlives the run; then
+migrate, one ingest and N consumers run as child processes. Everything started here is stopped
+here, in reverse order, on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import orjson
+
+from services.stack.servers import PostgresServer, RedisServer
+from shared.migrations import migrate
+from shared.settings import Settings
+
+READY_TIMEOUT_S = 60.0
+
+
+class LocalStack:
+    """Servers and processes of one local logagg deployment. Use it as a context manager."""
+
+    def __init__(self, settings: Settings, data_dir: Path, *, redis_port: int, postgres_port: int,
+                 consumers: int = 3, durable: bool = True) -> None:
+        self.data_dir = data_dir.resolve()
+        self.redis = RedisServer(self.data_dir / "redis", port=redis_port)
+        self.postgres = PostgresServer(self.data_dir / "postgres", port=postgres_port,
+                                       durable=durable)
+        self.settings = replace(settings, redis_url=self.redis.url,
+                                database_url=self.postgres.url("logagg"))
+        self.consumer_count = consumers
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.ingest_port}"
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o755)  # PostgreSQL may run as another user: let it in
+        self.start_servers()
+        migrate(self.settings.database_url)
+        self.start_process("ingest")
+        for index in range(self.consumer_count):
+            self.start_consumer(index)
+        self.wait_ready()
+
+    def start_servers(self) -> None:
+        self.redis.start()
+        self.postgres.start()
+
+    def start_process(self, command: str, name: str | None = None,
+                      **env: str) -> subprocess.Popen[bytes]:
+        """Run `logagg <command>` as a child with this stack's settings, logging to a file."""
+        name = name or command
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        with (logs / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", command],
+                env=self.environment(**env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def start_consumer(self, index: int) -> subprocess.Popen[bytes]:
+        name = f"consumer-{index + 1}"
+        port = self.settings.metrics_port + index if self.settings.metrics_port else 0
+        return self.start_process("consumer", name, CONSUMER_NAME=f"{name}-{time.time_ns()}",
+                                  METRICS_PORT=str(port))
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update({
+            "REDIS_URL": s.redis_url, "DATABASE_URL": s.database_url,
+            "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(s.ingest_port),
+            "STREAM_KEY": s.stream_key, "CONSUMER_GROUP": s.consumer_group,
+            "BATCH_SIZE": str(s.batch_size), "CLAIM_IDLE_MS": str(s.claim_idle_ms),
+            "MAX_DELIVERIES": str(s.max_deliveries), "LOG_LEVEL": s.log_level,
+            "MAX_BATCH_EVENTS": str(s.max_batch_events), "MAX_BODY_BYTES": str(s.max_body_bytes),
+        })
+        env.update(extra)
+        return env
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}; "
+                                       f"see {self.data_dir / 'logs' / (name + '.log')}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ingest was not ready within {READY_TIMEOUT_S:.0f}s")
+            time.sleep(0.1)
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.base_url}/stats", timeout=10) as answer:
+            stats: dict[str, Any] = orjson.loads(answer.read())
+            return stats
+
+    def wait_drained(self, timeout_s: float) -> dict[str, Any]:
+        """Poll /stats until nothing is pending; return the stats that said so."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = self.stats()
+            if stats["pending"] == 0:
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still {stats['pending']} pending after {timeout_s:.0f}s")
+            time.sleep(0.1)
+
+    def stop_processes(self) -> None:
+        """SIGTERM consumers first (they finish their batch), then ingest; wait for each."""
+        order = sorted(self.processes, key=lambda name: name == "ingest")
+        for name in order:
+            process = self.processes.pop(name)
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop(self) -> None:
+        self.stop_processes()
+        self.postgres.stop()
+        self.redis.stop()
+
+
+def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path(".logagg"),
+                        help="where Redis and PostgreSQL keep their data (default: .logagg)")
+    parser.add_argument("--redis-port", type=int, default=6380)
+    parser.add_argument("--postgres-port", type=int, default=5433)
+    parser.add_argument("--consumers", type=int, default=3)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--duplicates", type=float, default=0.3)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds to wait for pending to reach 0")
+
+
+def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
+    _exit_on_sigterm()
+    return LocalStack(settings, args.data_dir, redis_port=args.redis_port,
+                      postgres_port=args.postgres_port, consumers=args.consumers)
+
+
+def _exit_on_sigterm() -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def up(settings: Settings, args: argparse.Namespace) -> int:
+    with _stack(settings, args) as stack:
+        print(f"logagg is up: {stack.base_url} (Redis {stack.redis.url}, "
+              f"PostgreSQL {stack.settings.database_url}); logs in {stack.data_dir / 'logs'}")
+        print("Ctrl-C stops everything.", flush=True)
+        try:
+            while all(p.poll() is None for p in stack.processes.values()):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping…", flush=True)
+            return 0
+        print("a process exited; stopping", file=sys.stderr)
+        return 1
+
+
+def demo(settings: Settings, args: argparse.Namespace) -> int:
+    from services.publisher.sender import send
+    from services.publisher.simulator import workload
+
+    with _stack(settings, args) as stack:
+        print(f"stack up at {stack.base_url}; publishing {args.events} events "
+              f"({args.duplicates:.0%} duplicates)…", flush=True)
+        before = stack.stats()
+        work = workload(args.events, args.duplicates, DEMO_TOPICS, seed=None)
+        started = time.monotonic()
+        report = asyncio.run(send(work, url=stack.base_url, batch=args.batch,
+                                  concurrency=args.concurrency, rate=None))
+        after = stack.wait_drained(args.timeout)
+        seconds = time.monotonic() - started
+        print(report.summary())
+        exact = verdict(before, after, unique_keys=work.unique_keys,
+                        accepted=report.events_accepted)
+        print(orjson.dumps(after, option=orjson.OPT_INDENT_2).decode())
+        print(f"end to end: {args.events} events in {seconds:.2f}s = "
+              f"{args.events / seconds:,.0f} events/s (first send until pending == 0)")
+        print("counts exact" if exact else "counts off")
+        return 0 if exact else 1
+
+
+DEMO_TOPICS = ["auth", "billing", "orders", "search", "payments"]
+
+
+def verdict(before: dict[str, Any], after: dict[str, Any], *, unique_keys: int,
+            accepted: int) -> bool:
+    """The counts are exact when the totals balance and this run's share of them adds up."""
+    def delta(name: str) -> int:
+        return int(after[name]) - int(before[name])
+
+    balanced = after["pending"] == 0 and after["received"] == (
+        after["unique_processed"] + after["duplicate_dropped"] + after["dead_lettered"])
+    # Retries whose first answer was lost are duplicates too, so received may exceed accepted.
+    ours = (delta("unique_processed") == unique_keys and delta("received") >= accepted
+            and delta("duplicate_dropped") == delta("received") - unique_keys)
+    print(f"received {delta('received')} = unique {delta('unique_processed')} "
+          f"+ duplicates {delta('duplicate_dropped')} + dead-lettered {delta('dead_lettered')}; "
+          f"expected unique {unique_keys}")
+    return bool(balanced and ours)

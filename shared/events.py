@@ -1,0 +1,90 @@
+"""The event model: what a publish request may look like, and how an event rides the stream.
+
+An accepted event goes into the stream as the JSON bytes it arrived as (re-serialized once, so
+that every copy of the same event is byte for byte the same), under one field. Its stream entry id
+gives its place in stream order and the moment it was received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+class BodyShapeError(ValueError):
+    """The body is JSON, but not one event, an array of events or `{"events": [...]}`."""
+
+
+def events_of(body: Any) -> list[Any]:
+    """The events a publish body carries, in order (SPEC §3: one, an array, or an envelope).
+
+    An object with an `events` key is the envelope: an event cannot have that field, since the
+    schema rejects unknown fields. Whether each item is a valid event is validation's business.
+    """
+    if isinstance(body, list):
+        events = body
+    elif isinstance(body, dict) and "events" in body:
+        if set(body) != {"events"}:
+            extra = sorted(set(body) - {"events"})
+            raise BodyShapeError(f"the envelope takes only 'events', not {extra}")
+        if not isinstance(body["events"], list):
+            raise BodyShapeError("'events' must be an array of events")
+        events = body["events"]
+    elif isinstance(body, dict):
+        events = [body]
+    else:
+        raise BodyShapeError("the body must be an event, an array of events or {\"events\": [...]}")
+    if not events:
+        raise BodyShapeError("the request carries no event")
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class StreamId:
+    """A Redis stream entry id, `<ms>-<seq>`, kept as its two integers so that it sorts."""
+
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> StreamId:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        ms, _, seq = text.partition("-")
+        return cls(int(ms), int(seq))
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+    @property
+    def received_at(self) -> datetime:
+        """Redis stamps an auto-generated id with its clock when the XADD runs."""
+        return datetime.fromtimestamp(self.ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as a consumer reads it: its id and the event it carries."""
+
+    raw_id: bytes  # the id as Redis wrote it, for XACK
+    id: StreamId
+    topic: str
+    event_id: str
+    timestamp: str
+    source: str
+    payload: bytes  # the payload object as JSON text, stored as jsonb
+
+    @classmethod
+    def decode(cls, raw_id: bytes, event_json: bytes) -> Entry:
+        event = orjson.loads(event_json)
+        return cls(
+            raw_id=raw_id,
+            id=StreamId.parse(raw_id),
+            topic=event["topic"],
+            event_id=event["event_id"],
+            timestamp=event["timestamp"],
+            source=event["source"],
+            payload=orjson.dumps(event["payload"]),
+        )

@@ -1,0 +1,79 @@
+"""Every setting of every logagg process, read once from the environment.
+
+SPEC §1 names the variables; `.env.example` lists them with their defaults. Nothing else in the
+code base reads `os.environ` for configuration: processes build one `Settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from shared.exceptions import ConfigurationError
+
+
+def _default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = "postgresql://postgres@localhost:5432/logagg"
+    ingest_host: str = "0.0.0.0"
+    ingest_port: int = 8080
+    stream_key: str = "events"
+    consumer_group: str = "aggregator"
+    consumer_name: str = ""
+    batch_size: int = 500
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    metrics_port: int = 9100
+    max_batch_events: int = 1000
+    max_body_bytes: int = 5 * 1024 * 1024
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `environ` (default: the process environment), then `overrides`.
+
+        Each field reads the upper-cased variable of the same name. A value that does not parse
+        raises `ConfigurationError` naming the variable, instead of failing later and obscurely.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(field.name, raw, field.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        if not settings.consumer_name:
+            settings = replace(settings, consumer_name=_default_consumer_name())
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        positive = ("batch_size", "claim_idle_ms", "max_deliveries", "max_batch_events",
+                    "max_body_bytes")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        for name in ("ingest_port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigurationError(f"{name.upper()} must be a TCP port, got {getattr(self, name)}")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigurationError(f"LOG_LEVEL must be a logging level name, got {self.log_level!r}")
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name.upper()} must be an integer, got {raw!r}") from None
+    return raw

@@ -1,0 +1,115 @@
+"""The Redis stream: every Redis command logagg runs goes through here.
+
+Ingest appends with `publish`; consumers read, claim and ack. One stream, one consumer group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from shared.constants import EVENT_FIELD, received_key
+
+logger = logging.getLogger(__name__)
+
+RawEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One XAUTOCLAIM page: the entries taken over, the ids that no longer exist, where to go on."""
+
+    entries: list[RawEntry]
+    deleted: list[bytes]
+    next_start: bytes
+
+
+class Stream:
+    def __init__(self, redis: Redis, *, key: str, group: str) -> None:
+        self.redis = redis
+        self.key = key
+        self.group = group
+
+    async def ensure_group(self) -> None:
+        """Create the group (and the stream) unless it exists; harmless when it does.
+
+        The group starts at the stream's beginning, so entries added before any consumer ran
+        are delivered too.
+        """
+        try:
+            await self.redis.xgroup_create(self.key, self.group, id="0", mkstream=True)
+            logger.info("created consumer group", extra={"action": "group_created",
+                                                          "stream": self.key, "group": self.group})
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def publish(self, events: Sequence[bytes]) -> list[bytes]:
+        """Append every event and count them as received, all or nothing (one MULTI/EXEC)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for event in events:
+            pipe.xadd(self.key, {EVENT_FIELD: event})
+        pipe.incrby(received_key(self.key), len(events))
+        replies = await pipe.execute()
+        ids: list[bytes] = replies[:-1]
+        return ids
+
+    async def read_new(self, consumer: str, count: int, block_ms: int) -> list[RawEntry]:
+        """Entries never delivered to the group, now delivered to `consumer` (XREADGROUP >)."""
+        return await self._read(consumer, ">", count, block_ms)
+
+    async def read_own_pending(self, consumer: str, count: int) -> list[RawEntry]:
+        """Entries delivered to `consumer` and not acked: what it had in hand when it last stopped."""
+        return await self._read(consumer, "0", count, None)
+
+    async def _read(self, consumer: str, start: str, count: int, block: int | None) -> list[RawEntry]:
+        reply = await self.redis.xreadgroup(self.group, consumer, {self.key: start},
+                                            count=count, block=block)
+        if not reply:
+            return []
+        entries: list[RawEntry] = reply[0][1]
+        return entries
+
+    async def claim_idle(self, consumer: str, *, min_idle_ms: int, start: bytes,
+                         count: int) -> Claimed:
+        """Take over entries pending longer than `min_idle_ms` on any consumer (XAUTOCLAIM)."""
+        next_start, entries, deleted = await self.redis.xautoclaim(
+            self.key, self.group, consumer, min_idle_ms, start_id=start, count=count)
+        return Claimed(entries=entries, deleted=list(deleted), next_start=next_start)
+
+    async def ack(self, ids: Sequence[bytes]) -> None:
+        if ids:
+            await self.redis.xack(self.key, self.group, *ids)
+
+    async def received(self) -> int:
+        return int(await self.redis.get(received_key(self.key)) or 0)
+
+    async def pending(self) -> int:
+        """Accepted entries the group has not settled: delivered but not acked, plus not delivered.
+
+        Before the group exists nothing was delivered, so every entry in the stream is pending.
+        """
+        try:
+            groups = await self.redis.xinfo_groups(self.key)
+        except ResponseError:  # no such key: nothing was ever published
+            return 0
+        group = next((g for g in groups if _text(g["name"]) == self.group), None)
+        if group is None:
+            return int(await self.redis.xlen(self.key))
+        lag = group.get("lag")
+        if lag is None:
+            # Redis cannot tell the lag (entries deleted inside the undelivered range): count it.
+            start = "(" + _text(group["last-delivered-id"])
+            lag = len(await self.redis.xrange(self.key, min=start, max="+"))
+        return int(group["pending"]) + int(lag)
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
