@@ -55,6 +55,6 @@ def create_database(database_url: str) -> None:
             return
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            logger.info("database created", extra={"action": "database_created", "name": name})
+            logger.info("database created", extra={"action": "database_created", "database": name})
         except psycopg.errors.DuplicateDatabase:
             pass  # another migrator got there first

@@ -50,7 +50,8 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
     # The pool opens without waiting: ingest accepts events while PostgreSQL is down, and
     # /readyz says so.
-    pool = make_pool(app[SETTINGS].database_url, max_size=4, name="ingest")
+    # A short timeout: while PostgreSQL is down, read requests get a quick 503, not a hang.
+    pool = make_pool(app[SETTINGS].database_url, max_size=4, name="ingest", timeout=2.0)
     await pool.open(wait=False)
     app[STORE] = Store(pool)
     yield

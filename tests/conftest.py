@@ -1,0 +1,43 @@
+"""Fixtures every test layer shares: real Redis and PostgreSQL servers started for the session.
+
+They run from the machine's binaries through the same code as `logagg up`
+(services/stack/servers.py), on free ports, over a temporary folder; never the machine's own
+long-running services.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.stack.servers import PostgresServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def scratch() -> Iterator[Path]:
+    """A folder that the `postgres` user can enter too (PostgreSQL runs as it when we are root)."""
+    folder = Path(tempfile.mkdtemp(prefix="logagg-tests-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(scratch: Path) -> Iterator[RedisServer]:
+    server = RedisServer(scratch / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(scratch: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(scratch / "postgres", durable=False)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,84 @@
+"""Integration fixtures: one Redis and one PostgreSQL for the session; for each test a fresh
+database (cloned from a migrated template) and a fresh stream key, so tests share nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from services.ingest.app import create_app
+from services.stack.servers import PostgresServer, RedisServer
+from shared.db import make_pool
+from shared.migrations import migrate
+from shared.settings import Settings
+from shared.store import Store
+from shared.stream import Stream
+
+TEMPLATE = "logagg_template"
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_server: PostgresServer) -> str:
+    migrate(postgres_server.url(TEMPLATE))
+    return TEMPLATE
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer, template_database: str) -> str:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    return postgres_server.url(name)
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, database_url: str) -> Settings:
+    return Settings.from_env(
+        {}, redis_url=redis_server.url, database_url=database_url,
+        stream_key=f"events-{uuid.uuid4().hex[:12]}", consumer_group="aggregator",
+        consumer_name="test-consumer", claim_idle_ms=200, batch_size=50, metrics_port=0)
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def stream(redis: Redis, settings: Settings) -> Stream:
+    return Stream(redis, key=settings.stream_key, group=settings.consumer_group)
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
+    pool = make_pool(settings.database_url, max_size=8, name="test")
+    await pool.open(wait=True)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def store(pool: AsyncConnectionPool) -> Store:
+    return Store(pool)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(create_app(settings))) as client:
+        yield client
+
+
+@pytest.fixture
+def sql(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain connection for asserting on rows."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn

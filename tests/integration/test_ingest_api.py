@@ -1,0 +1,219 @@
+"""Every status code of SPEC §3, produced through the real app on real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from services.ingest.app import create_app
+from services.stack.servers import free_port
+from shared.constants import received_key
+from shared.settings import Settings
+from shared.store import Store
+from shared.stream import Stream
+from tests.helpers import event
+
+Client = TestClient[Any, Any]
+
+
+async def post(client: Client, body: Any, **kwargs: Any) -> Any:
+    return await client.post("/publish", data=orjson.dumps(body),
+                             headers={"Content-Type": "application/json"}, **kwargs)
+
+
+async def nothing_enqueued(redis: Redis, settings: Settings) -> bool:
+    return (await redis.exists(settings.stream_key) == 0 or
+            await redis.xlen(settings.stream_key) == 0) and \
+        await redis.get(received_key(settings.stream_key)) is None
+
+
+@pytest.mark.parametrize("body", [
+    event("one"),
+    [event("one"), event("two")],
+    {"events": [event("one"), event("two")]},
+], ids=["single event", "array", "envelope"])
+async def test_publish_accepts_each_body_shape_with_202(
+        client: Client, redis: Redis, settings: Settings, body: Any) -> None:
+    answer = await post(client, body)
+    count = 1 if isinstance(body, dict) and "events" not in body else 2
+    assert answer.status == 202
+    assert await answer.json() == {"accepted": count}
+    assert await redis.xlen(settings.stream_key) == count
+    assert int(await redis.get(received_key(settings.stream_key))) == count
+
+
+async def test_publish_accepts_json_with_a_charset(client: Client) -> None:
+    answer = await client.post("/publish", data=orjson.dumps(event()),
+                               headers={"Content-Type": "application/json; charset=utf-8"})
+    assert answer.status == 202
+
+
+async def test_malformed_json_is_a_400_that_enqueues_nothing(
+        client: Client, redis: Redis, settings: Settings) -> None:
+    answer = await client.post("/publish", data=b'{"topic": "auth",',
+                               headers={"Content-Type": "application/json"})
+    body = await answer.json()
+    assert answer.status == 400
+    assert body["error"] == "invalid_json"
+    assert set(body) == {"error", "message", "details"}
+    assert await nothing_enqueued(redis, settings)
+
+
+@pytest.mark.parametrize("body", ["text", 42, None, [], {"events": []},
+                                  {"events": {"topic": "x"}}, {"events": [], "extra": 1}])
+async def test_a_body_of_the_wrong_shape_is_a_400(client: Client, body: Any) -> None:
+    answer = await post(client, body)
+    assert answer.status == 400
+    assert (await answer.json())["error"] == "invalid_body"
+
+
+async def test_a_body_that_is_not_json_is_a_415(
+        client: Client, redis: Redis, settings: Settings) -> None:
+    answer = await client.post("/publish", data=orjson.dumps(event()),
+                               headers={"Content-Type": "text/plain"})
+    assert answer.status == 415
+    assert (await answer.json())["error"] == "unsupported_media_type"
+    assert await nothing_enqueued(redis, settings)
+
+
+async def test_more_events_than_max_batch_events_is_a_413_that_enqueues_nothing(
+        settings: Settings, redis: Redis) -> None:
+    small = dataclasses.replace(settings, max_batch_events=3)
+    async with TestClient(TestServer(create_app(small))) as client:
+        answer = await post(client, [event(str(i)) for i in range(4)])
+        assert answer.status == 413
+        assert (await answer.json())["error"] == "too_many_events"
+        assert (await post(client, [event(str(i)) for i in range(3)])).status == 202
+    assert await redis.xlen(settings.stream_key) == 3
+
+
+async def test_a_body_over_max_body_bytes_is_a_413(settings: Settings, redis: Redis) -> None:
+    small = dataclasses.replace(settings, max_body_bytes=1000)
+    big = event(payload={"blob": "x" * 2000})
+    async with TestClient(TestServer(create_app(small))) as client:
+        answer = await post(client, big)
+        assert answer.status == 413
+        assert (await answer.json())["error"] == "body_too_large"
+        # Without a Content-Length the limit still holds, while the body streams in.
+        async def chunks() -> Any:
+            yield orjson.dumps(big)
+        answer = await client.post("/publish", data=chunks(),
+                                   headers={"Content-Type": "application/json"})
+        assert answer.status == 413
+    assert await nothing_enqueued(redis, settings)
+
+
+async def test_a_schema_violation_is_a_422_naming_each_bad_event_and_field(
+        client: Client, redis: Redis, settings: Settings) -> None:
+    body = [event("ok"), event("bad-1", timestamp="yesterday"),
+            event("bad-2", payload=[1]), event("ok-2", extra=True)]
+    answer = await post(client, body)
+    problems = (await answer.json())["details"]
+    assert answer.status == 422
+    assert [(p["index"], p["path"]) for p in problems] == [
+        (1, "/timestamp"), (2, "/payload"), (3, "/extra")]
+    assert all(p["message"] for p in problems)
+    assert await nothing_enqueued(redis, settings)
+
+
+async def test_publish_answers_503_with_retry_after_when_redis_is_unreachable(
+        settings: Settings) -> None:
+    down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with TestClient(TestServer(create_app(down))) as client:
+        answer = await post(client, event())
+        assert answer.status == 503
+        assert answer.headers["Retry-After"] == "1"
+        assert (await answer.json())["error"] == "broker_unavailable"
+
+
+async def test_events_lists_stored_events_oldest_first_in_pages(
+        client: Client, stream: Stream, store: Store) -> None:
+    from services.consumer.loop import decode
+
+    await stream.ensure_group()
+    for i in range(5):
+        await stream.publish([orjson.dumps(event(f"e{i}", topic="auth" if i % 2 else "billing"))])
+    await store.settle(decode(await stream.read_new("c", 10, 10)))
+
+    first = await (await client.get("/events", params={"limit": "2"})).json()
+    assert [e["event_id"] for e in first["events"]] == ["e0", "e1"]
+    assert first["next"]
+    second = await (await client.get("/events", params={"limit": "2", "after": first["next"]})
+                    ).json()
+    assert [e["event_id"] for e in second["events"]] == ["e2", "e3"]
+    last = await (await client.get("/events", params={"limit": "2", "after": second["next"]})
+                  ).json()
+    assert [e["event_id"] for e in last["events"]] == ["e4"]
+    assert last["next"] is None
+    auth = await (await client.get("/events", params={"topic": "auth"})).json()
+    assert [e["event_id"] for e in auth["events"]] == ["e1", "e3"]
+    stored = first["events"][0]
+    assert set(stored) == {"topic", "event_id", "timestamp", "source", "payload", "received_at"}
+    assert stored["timestamp"] == "2026-11-25T10:00:00Z"
+    assert stored["payload"] == event()["payload"]
+
+
+@pytest.mark.parametrize("query", [
+    {"limit": "0"}, {"limit": "1001"}, {"limit": "ten"}, {"limit": "-1"},
+    {"after": "not-a-cursor"}, {"topic": ""}, {"topic": "x" * 256}, {"sort": "desc"},
+])
+async def test_events_rejects_a_bad_parameter_with_400(
+        client: Client, query: dict[str, str]) -> None:
+    answer = await client.get("/events", params=query)
+    body = await answer.json()
+    assert answer.status == 400
+    assert body["error"] == "invalid_parameter"
+    assert body["details"][0]["parameter"] == next(iter(query))
+
+
+async def test_stats_reports_every_counter(client: Client) -> None:
+    await post(client, [event("a"), event("a"), event("b", topic="billing")])
+    answer = await client.get("/stats")
+    stats = await answer.json()
+    assert answer.status == 200
+    assert set(stats) == {"received", "unique_processed", "duplicate_dropped", "dead_lettered",
+                          "pending", "uptime_seconds", "topics"}
+    assert stats["received"] == 3
+    assert stats["pending"] == 3  # no consumer ran
+    assert stats["uptime_seconds"] >= 0
+
+
+async def test_healthz_readyz_and_metrics_answer_200(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["checks"] == {"redis": "ok", "postgres": "ok"}
+    await post(client, event())
+    metrics = await client.get("/metrics")
+    text = await metrics.text()
+    assert metrics.status == 200
+    assert metrics.content_type == "text/plain"
+    assert "logagg_events_accepted_total" in text
+    assert 'logagg_http_requests_total{route="/publish",status="202"}' in text
+
+
+async def test_readyz_is_503_when_postgresql_is_unreachable(settings: Settings) -> None:
+    down = dataclasses.replace(
+        settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/logagg")
+    async with TestClient(TestServer(create_app(down))) as client:
+        answer = await client.get("/readyz")
+        body = await answer.json()
+        assert answer.status == 503
+        assert body["checks"]["redis"] == "ok"
+        assert body["checks"]["postgres"].startswith("unavailable")
+        assert (await client.get("/stats")).status == 503
+        assert (await client.get("/events")).status == 503
+
+
+async def test_unknown_routes_and_methods_get_json_errors(client: Client) -> None:
+    missing = await client.get("/nope")
+    assert missing.status == 404
+    assert (await missing.json())["error"] == "not_found"
+    wrong = await client.get("/publish")
+    assert wrong.status == 405
+    assert (await wrong.json())["error"] == "method_not_allowed"
