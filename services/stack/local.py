@@ -43,6 +43,7 @@ class LocalStack:
                                 database_url=self.postgres.url("logagg"))
         self.consumer_count = consumers
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.consumer_names: dict[str, str] = {}  # process name -> CONSUMER_NAME in the group
 
     @property
     def base_url(self) -> str:
@@ -91,7 +92,9 @@ class LocalStack:
     def start_consumer(self, index: int) -> subprocess.Popen[bytes]:
         name = f"consumer-{index + 1}"
         port = self.settings.metrics_port + index if self.settings.metrics_port else 0
-        return self.start_process("consumer", name, CONSUMER_NAME=f"{name}-{time.time_ns()}",
+        # A new name per start: like a new container, it leaves the old one's entries to XAUTOCLAIM.
+        self.consumer_names[name] = f"{name}-{time.time_ns()}"
+        return self.start_process("consumer", name, CONSUMER_NAME=self.consumer_names[name],
                                   METRICS_PORT=str(port))
 
     def environment(self, **extra: str) -> dict[str, str]:
@@ -143,16 +146,18 @@ class LocalStack:
 
     def stop_processes(self) -> None:
         """SIGTERM consumers first (they finish their batch), then ingest; wait for each."""
-        order = sorted(self.processes, key=lambda name: name == "ingest")
-        for name in order:
-            process = self.processes.pop(name)
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        consumers = [name for name in self.processes if name != "ingest"]
+        for group in (consumers, ["ingest"]):
+            stopping = [self.processes.pop(name) for name in group if name in self.processes]
+            for process in stopping:
+                if process.poll() is None:
+                    process.terminate()
+            for process in stopping:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
     def stop(self) -> None:
         self.stop_processes()

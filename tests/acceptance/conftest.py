@@ -1,0 +1,43 @@
+"""Acceptance fixtures: the whole stack as real processes (`LocalStack`, the code behind
+`logagg up`), over its own Redis and PostgreSQL in a folder of its own, for each test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from services.stack.local import LocalStack
+from services.stack.servers import free_port
+from shared.settings import Settings
+
+
+@pytest.fixture
+def stack(scratch: Path) -> Iterator[LocalStack]:
+    settings = Settings.from_env({}, ingest_port=free_port(), metrics_port=0,
+                                 claim_idle_ms=1000, batch_size=200)
+    folder = Path(tempfile.mkdtemp(dir=scratch))
+    with LocalStack(settings, folder, redis_port=free_port(), postgres_port=free_port(),
+                    durable=False) as running:
+        yield running
+
+
+def publish(stack: LocalStack, *args: str) -> dict[str, Any]:
+    """Run `logagg publish` against the stack; return its JSON report."""
+    command = [sys.executable, "-m", "services.cli", "publish", "--url", stack.base_url,
+               "--json", *args]
+    result = subprocess.run(command, capture_output=True, check=True, timeout=300)
+    report: dict[str, Any] = orjson.loads(result.stdout)
+    return report
+
+
+def start_publish(stack: LocalStack, *args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "services.cli", "publish", "--url", stack.base_url,
+               "--json", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
