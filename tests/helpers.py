@@ -17,11 +17,11 @@ def event(event_id: str = "e-1", topic: str = "auth", **fields: Any) -> dict[str
     return base
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0,
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0,
                      what: str = "condition") -> None:
-    """Poll `check` until it is true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll `check` until it is true; fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s")
+            raise AssertionError(f"{what} did not hold within {within}s")
         await asyncio.sleep(0.02)

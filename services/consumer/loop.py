@@ -9,6 +9,7 @@ is asked to stop; anything else stays pending for recovery to take over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -155,10 +156,8 @@ class Consumer:
         delay = min(MAX_BACKOFF_S, 0.1 * 2 ** (attempt - 1))
         logger.warning("%s unavailable, retrying in %.1fs: %s", what, delay, error,
                        extra={"action": f"{what}_unavailable", "attempt": attempt})
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
-        except TimeoutError:
-            pass
 
     def summary(self) -> dict[str, object]:
         t = self.totals

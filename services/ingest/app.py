@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.ingest.middlewares import count_requests, errors_as_json
 from services.ingest.keys import SETTINGS, STARTED, STORE, STREAM
+from services.ingest.middlewares import count_requests, errors_as_json
 from services.ingest.routes import setup_routes
 from shared.db import make_pool
 from shared.settings import Settings

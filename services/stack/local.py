@@ -13,9 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -97,6 +100,17 @@ class LocalStack:
         return self.start_process("consumer", name, CONSUMER_NAME=self.consumer_names[name],
                                   METRICS_PORT=str(port))
 
+    def restart_exited(self) -> None:
+        """Start again any process that exited, as a container's restart policy would."""
+        for name, process in list(self.processes.items()):
+            if process.poll() is None:
+                continue
+            print(f"{name} exited with {process.returncode}; restarting it", flush=True)
+            if name == "ingest":
+                self.start_process("ingest")
+            else:
+                self.start_consumer(int(name.rsplit("-", 1)[1]) - 1)
+
     def environment(self, **extra: str) -> dict[str, str]:
         s = self.settings
         env = dict(os.environ)
@@ -160,9 +174,26 @@ class LocalStack:
                     process.wait()
 
     def stop(self) -> None:
-        self.stop_processes()
-        self.postgres.stop()
-        self.redis.stop()
+        with _signals_held():
+            self.stop_processes()
+            self.postgres.stop()
+            self.redis.stop()
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM while stopping: a second one must not cut the stop short and
+    leave servers running without their parent."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,15 +230,16 @@ def up(settings: Settings, args: argparse.Namespace) -> int:
     with _stack(settings, args) as stack:
         print(f"logagg is up: {stack.base_url} (Redis {stack.redis.url}, "
               f"PostgreSQL {stack.settings.database_url}); logs in {stack.data_dir / 'logs'}")
+        for name, process in stack.processes.items():
+            print(f"  {name:<11} pid {process.pid}")
         print("Ctrl-C stops everything.", flush=True)
         try:
-            while all(p.poll() is None for p in stack.processes.values()):
+            while True:
+                stack.restart_exited()
                 time.sleep(0.5)
         except KeyboardInterrupt:
             print("\nstopping…", flush=True)
             return 0
-        print("a process exited; stopping", file=sys.stderr)
-        return 1
 
 
 def demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -68,6 +68,15 @@ def _run_as() -> str | None:
     return "postgres"
 
 
+def _check_reachable(folder: Path, user: str) -> None:
+    """Fail clearly when `user` cannot enter `folder` (a parent folder closed to others)."""
+    probe = subprocess.run(["test", "-w", str(folder)], user=user, check=False)
+    if probe.returncode != 0:
+        raise ServerNotInstalled(
+            f"PostgreSQL runs as {user!r} (we are root) and cannot reach {folder}: "
+            f"choose a data folder it can enter, e.g. --data-dir /var/tmp/logagg")
+
+
 def _log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -155,6 +164,7 @@ class PostgresServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if user is not None:
             shutil.chown(self.data_dir, user, user)
+            _check_reachable(self.data_dir, user)
         command = [find_binary("initdb"), "-D", str(pgdata), "-U", "postgres", "-A", "trust",
                    "-E", "UTF8", "--locale=C"]
         if not self.durable:

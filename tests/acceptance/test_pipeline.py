@@ -61,7 +61,7 @@ def test_consumers_killed_with_sigkill_mid_run_still_end_exact(stack: LocalStack
             time.sleep(rng.uniform(0.3, 0.8))  # a random moment, not a synchronisation
             victim = f"consumer-{rng.randint(1, 3)}"
             held.append(kill_holding_entries(redis, stack, victim))
-            stack.start_consumer(int(victim.rsplit("-", 1)[1]) - 1)
+            stack.restart_exited()
     out, _ = sender.communicate(timeout=300)
     report = orjson.loads(out)
     assert len(held) >= 2, "the run was too short to kill consumers in its middle"

@@ -1,0 +1,235 @@
+"""Every event rule of SPEC §2, through `shared.validation.problems`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.validation import problems
+from tests.helpers import event
+
+STRING_FIELDS = ["topic", "event_id", "source"]
+REQUIRED_FIELDS = ["topic", "event_id", "timestamp", "source", "payload"]
+
+
+def without(field: str) -> dict[str, Any]:
+    body = event()
+    del body[field]
+    return body
+
+
+def paths(found: list[Any]) -> list[str]:
+    return [problem["path"] for problem in found]
+
+
+def test_a_valid_event_has_no_problem() -> None:
+    assert problems([event()]) == []
+
+
+def test_an_empty_list_of_events_has_no_problem() -> None:
+    assert problems([]) == []
+
+
+def test_a_problem_has_an_index_a_path_and_a_message() -> None:
+    [problem] = problems([event(topic="")])
+    assert set(problem) == {"index", "path", "message"}
+    assert isinstance(problem["message"], str)
+    assert problem["message"]
+
+
+# topic, event_id, source: non-empty strings of at most 255 characters
+
+
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_a_string_field_of_one_character_is_accepted(field: str) -> None:
+    assert problems([event(**{field: "a"})]) == []
+
+
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_a_string_field_of_255_characters_is_accepted(field: str) -> None:
+    assert problems([event(**{field: "a" * 255})]) == []
+
+
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_a_string_field_of_256_characters_is_rejected(field: str) -> None:
+    assert paths(problems([event(**{field: "a" * 256})])) == [f"/{field}"]
+
+
+@pytest.mark.parametrize("character", ["é", "日", "😀"], ids=["latin", "cjk", "emoji"])
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_255_non_ascii_characters_are_accepted_since_characters_not_bytes_are_counted(
+    field: str, character: str
+) -> None:
+    assert len((character * 255).encode()) > 255
+    assert problems([event(**{field: character * 255})]) == []
+
+
+@pytest.mark.parametrize("character", ["é", "日", "😀"], ids=["latin", "cjk", "emoji"])
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_256_non_ascii_characters_are_rejected(field: str, character: str) -> None:
+    assert paths(problems([event(**{field: character * 256})])) == [f"/{field}"]
+
+
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_an_empty_string_field_is_rejected(field: str) -> None:
+    assert paths(problems([event(**{field: ""})])) == [f"/{field}"]
+
+
+@pytest.mark.parametrize("value", [7, 1.5, True, None, [], ["auth"], {}, {"a": "b"}],
+                         ids=["int", "float", "bool", "null", "empty-array", "array",
+                              "empty-object", "object"])
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_a_string_field_that_is_not_a_string_is_rejected(field: str, value: Any) -> None:
+    assert paths(problems([event(**{field: value})])) == [f"/{field}"]
+
+
+# every field is required
+
+
+@pytest.mark.parametrize("field", REQUIRED_FIELDS)
+def test_a_missing_field_is_reported_at_its_own_path(field: str) -> None:
+    assert paths(problems([without(field)])) == [f"/{field}"]
+
+
+def test_an_empty_object_is_reported_once_for_each_missing_field() -> None:
+    assert sorted(paths(problems([{}]))) == sorted(f"/{field}" for field in REQUIRED_FIELDS)
+
+
+def test_a_missing_field_message_names_the_field() -> None:
+    [problem] = problems([without("source")])
+    assert "source" in problem["message"]
+
+
+# timestamp: RFC 3339 date-time with an offset or Z
+
+
+@pytest.mark.parametrize("timestamp", [
+    "2026-11-25T10:00:00Z",
+    "2026-11-25T10:00:00+07:00",
+    "2026-11-25T10:00:00-05:30",
+    "2026-11-25T10:00:00+00:00",
+    "2026-11-25T10:00:00.5Z",
+    "2026-11-25T10:00:00.123456+07:00",
+    "2026-11-25t10:00:00z",
+    "2024-02-29T23:59:59Z",
+])
+def test_an_rfc_3339_timestamp_is_accepted(timestamp: str) -> None:
+    assert problems([event(timestamp=timestamp)]) == []
+
+
+@pytest.mark.parametrize("timestamp", [
+    "2026-11-25T10:00:00",
+    "2026-11-25T10:00:00.123",
+    "2026-11-25",
+    "10:00:00Z",
+    "2026-13-01T10:00:00Z",
+    "2026-02-30T10:00:00Z",
+    "2026-11-25T25:00:00Z",
+    "2026-11-25 10:00:00",
+    "2026-11-25T10:00:00+0700",
+    "2026-11-25T10:00Z",
+    "yesterday",
+    "",
+], ids=["no-offset", "fraction-no-offset", "date-only", "time-only", "month-13", "february-30",
+        "hour-25", "space-no-offset", "offset-without-colon", "no-seconds", "yesterday", "empty"])
+def test_a_timestamp_that_is_not_rfc_3339_is_rejected(timestamp: str) -> None:
+    assert paths(problems([event(timestamp=timestamp)])) == ["/timestamp"]
+
+
+@pytest.mark.parametrize("timestamp", [1764064800, 1764064800.5, None, True, [], {}],
+                         ids=["int", "float", "null", "bool", "array", "object"])
+def test_a_timestamp_that_is_not_a_string_is_rejected(timestamp: Any) -> None:
+    assert paths(problems([event(timestamp=timestamp)])) == ["/timestamp"]
+
+
+# payload: a JSON object, may be empty
+
+
+@pytest.mark.parametrize("payload", [
+    {},
+    {"level": "info"},
+    {"user": {"id": 7, "roles": ["admin", {"scope": "all"}]}, "ok": True, "n": None},
+], ids=["empty", "flat", "nested"])
+def test_an_object_payload_is_accepted(payload: dict[str, Any]) -> None:
+    assert problems([event(payload=payload)]) == []
+
+
+def test_unknown_fields_inside_the_payload_are_allowed() -> None:
+    assert problems([event(payload={"anything": 1, "topic": 2, "events": []})]) == []
+
+
+@pytest.mark.parametrize("payload", [[], [{"a": 1}], "text", "", None, 3, 2.5, True],
+                         ids=["empty-array", "array", "string", "empty-string", "null", "int",
+                              "float", "bool"])
+def test_a_payload_that_is_not_an_object_is_rejected(payload: Any) -> None:
+    assert paths(problems([event(payload=payload)])) == ["/payload"]
+
+
+# unknown top-level fields
+
+
+@pytest.mark.parametrize("field", ["extra", "events", "Topic", "received_at", ""])
+def test_an_unknown_top_level_field_is_rejected_at_its_path(field: str) -> None:
+    assert paths(problems([event(**{field: "x"})])) == [f"/{field}"]
+
+
+def test_each_unknown_field_is_its_own_problem() -> None:
+    found = problems([event(one=1, two=2, three=3)])
+    assert sorted(paths(found)) == ["/one", "/three", "/two"]
+    assert {problem["index"] for problem in found} == {0}
+
+
+def test_an_unknown_field_message_names_the_field() -> None:
+    [problem] = problems([event(colour="red")])
+    assert "colour" in problem["message"]
+
+
+def test_unknown_and_known_problems_are_all_reported() -> None:
+    found = problems([event(topic="", extra=1)])
+    assert sorted(paths(found)) == ["/extra", "/topic"]
+
+
+# the event itself must be an object
+
+
+@pytest.mark.parametrize("value", [42, 1.5, True, None, "event", [], [event()]],
+                         ids=["int", "float", "bool", "null", "string", "empty-list", "list"])
+def test_an_event_that_is_not_an_object_yields_one_problem_at_the_empty_path(value: Any) -> None:
+    [problem] = problems([value])
+    assert (problem["index"], problem["path"]) == (0, "")
+
+
+# indexes in a list of events
+
+
+def test_problems_carry_the_index_of_their_event_and_valid_neighbours_have_none() -> None:
+    events = [event("e-0"), event("e-1", topic=""), event("e-2"), 17, event("e-4", extra=1),
+              event("e-5")]
+    found = problems(events)
+    assert [(problem["index"], problem["path"]) for problem in found] == [
+        (1, "/topic"), (3, ""), (4, "/extra"),
+    ]
+
+
+def test_problems_are_listed_in_event_order() -> None:
+    events = [without("payload"), event(), event(timestamp="nope"), event(source="")]
+    assert [problem["index"] for problem in problems(events)] == [0, 2, 3]
+
+
+def test_a_list_of_valid_events_has_no_problem() -> None:
+    assert problems([event(f"e-{n}", topic=f"t-{n % 3}") for n in range(50)]) == []
+
+
+# JSON pointers
+
+
+@pytest.mark.parametrize(("field", "pointer"), [
+    ("a/b", "/a~1b"),
+    ("a~b", "/a~0b"),
+    ("~/", "/~0~1"),
+    ("~1", "/~01"),
+    ("/", "/~1"),
+])
+def test_a_json_pointer_escapes_slash_and_tilde_in_field_names(field: str, pointer: str) -> None:
+    assert paths(problems([event(**{field: 1})])) == [pointer]
