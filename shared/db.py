@@ -7,7 +7,7 @@ from psycopg_pool import AsyncConnectionPool
 
 def make_pool(database_url: str, *, max_size: int, name: str,
               timeout: float = 30.0) -> AsyncConnectionPool:
-    """A pool that is not open yet: the caller opens it (`await pool.open(wait=True)`) and closes it.
+    """A pool that is not open yet: its owner opens it (`await pool.open()`) and closes it.
 
     Connections are in autocommit mode: a transaction is always an explicit `conn.transaction()`
     block, so none is left open by accident between statements. Sessions speak UTC, so stored

@@ -62,12 +62,15 @@ class Settings:
                     "max_body_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name.upper()} must be positive, got {getattr(self, name)}")
+                raise ConfigurationError(f"{name.upper()} must be positive, "
+                                         f"got {getattr(self, name)}")
         for name in ("ingest_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
-                raise ConfigurationError(f"{name.upper()} must be a TCP port, got {getattr(self, name)}")
+                raise ConfigurationError(f"{name.upper()} must be a TCP port, "
+                                         f"got {getattr(self, name)}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ConfigurationError(f"LOG_LEVEL must be a logging level name, got {self.log_level!r}")
+            raise ConfigurationError(
+                f"LOG_LEVEL must be a logging level name, got {self.log_level!r}")
 
 
 def _parse(name: str, raw: str, default: object) -> object:

@@ -30,6 +30,6 @@ def queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
 
 
 def migrations(directory: Path = SQL_DIR) -> list[tuple[str, str]]:
-    """`(version, sql)` for every numbered migration file, in order: `0001_init.sql` → `0001_init`."""
+    """`(version, sql)` of each numbered migration file, in order (`0001_init.sql`: `0001_init`)."""
     files = sorted(p for p in directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
     return [(p.stem, p.read_text()) for p in files]

@@ -78,7 +78,7 @@ class Store:
         self._sql = queries()
 
     async def settle(self, entries: Sequence[Entry]) -> Settled:
-        """Store and count a batch of stream entries in one transaction. Commits before returning."""
+        """Store and count a batch of stream entries in one transaction, committed on return."""
         if not entries:
             return Settled()
         topics = [e.topic for e in entries]

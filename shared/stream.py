@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -63,12 +64,14 @@ class Stream:
         return await self._read(consumer, ">", count, block_ms)
 
     async def read_own_pending(self, consumer: str, count: int) -> list[RawEntry]:
-        """Entries delivered to `consumer` and not acked: what it had in hand when it last stopped."""
+        """Entries delivered to `consumer` and not acked: what it held when it last stopped."""
         return await self._read(consumer, "0", count, None)
 
-    async def _read(self, consumer: str, start: str, count: int, block: int | None) -> list[RawEntry]:
-        reply = await self.redis.xreadgroup(self.group, consumer, {self.key: start},
-                                            count=count, block=block)
+    async def _read(self, consumer: str, start: str, count: int,
+                    block: int | None) -> list[RawEntry]:
+        # RESP2 reply: [[stream, [(id, fields), ...]]], or nothing when the block timed out.
+        reply: Any = await self.redis.xreadgroup(self.group, consumer, {self.key: start},
+                                                 count=count, block=block)
         if not reply:
             return []
         entries: list[RawEntry] = reply[0][1]
@@ -104,7 +107,7 @@ class Stream:
         if lag is None:
             # Redis cannot tell the lag (entries deleted inside the undelivered range): count it.
             start = "(" + _text(group["last-delivered-id"])
-            lag = len(await self.redis.xrange(self.key, min=start, max="+"))
+            lag = len(await self.redis.xrange(self.key, min=start, max="+") or [])
         return int(group["pending"]) + int(lag)
 
     async def ping(self) -> None:

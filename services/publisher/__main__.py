@@ -13,11 +13,12 @@ import sys
 
 import orjson
 
+from services.publisher import simulator
 from services.publisher.sender import send
 from services.publisher.simulator import workload
 from shared.logging import configure
 
-DEFAULT_TOPICS = "auth,billing,orders,search,payments"
+DEFAULT_TOPICS = ",".join(simulator.DEFAULT_TOPICS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

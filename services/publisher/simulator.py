@@ -43,6 +43,10 @@ _MESSAGES = {
 _MAX_FIELD = 255  # SPEC §2: topic, event_id and source are at most 255 characters
 
 
+# Topics of a workload when none are named.
+DEFAULT_TOPICS = ("auth", "billing", "orders", "search", "payments")
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
     """What a run sends: every event's JSON bytes in send order, and what they add up to."""
