@@ -56,5 +56,7 @@ def create_database(database_url: str) -> None:
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             logger.info("database created", extra={"action": "database_created", "database": name})
-        except psycopg.errors.DuplicateDatabase:
-            pass  # another migrator got there first
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            # Another migrator got there first: caught by the catalog's unique index when both
+            # passed the existence check at once.
+            pass
