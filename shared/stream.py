@@ -63,11 +63,13 @@ class Stream:
         """Entries never delivered to the group, now delivered to `consumer` (XREADGROUP >)."""
         return await self._read(consumer, ">", count, block_ms)
 
-    async def read_own_pending(self, consumer: str, count: int) -> list[RawEntry]:
-        """Entries delivered to `consumer` and not acked: what it held when it last stopped."""
-        return await self._read(consumer, "0", count, None)
+    async def read_own_pending(self, consumer: str, count: int,
+                               after: bytes = b"0") -> list[RawEntry]:
+        """Entries delivered to `consumer` and not acked, after the id `after`: what it held
+        when it last stopped."""
+        return await self._read(consumer, after, count, None)
 
-    async def _read(self, consumer: str, start: str, count: int,
+    async def _read(self, consumer: str, start: str | bytes, count: int,
                     block: int | None) -> list[RawEntry]:
         # RESP2 reply: [[stream, [(id, fields), ...]]], or nothing when the block timed out.
         reply: Any = await self.redis.xreadgroup(self.group, consumer, {self.key: start},

@@ -20,7 +20,12 @@ logger = logging.getLogger(__name__)
 
 def run(settings: Settings) -> int:
     if settings.metrics_port:
-        start_http_server(settings.metrics_port)
+        try:
+            start_http_server(settings.metrics_port)
+        except OSError as error:
+            # Metrics are worth a loud error, not a consumer that cannot start.
+            logger.error("cannot serve /metrics on port %s: %s", settings.metrics_port, error,
+                         extra={"action": "metrics_unavailable"})
     asyncio.run(consume(settings))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,15 +70,23 @@ class Consumer:
         """Consume until `stop` is set; the batch in hand is settled and acked before returning."""
         try:
             await self._until_done(self.stream.ensure_group, stop)
-            # Entries this consumer name had in hand when it last stopped come first.
-            own = await self._until_done(
-                lambda: self.stream.read_own_pending(self.name, self.settings.batch_size), stop)
-            if own:
-                await self.handle(own, stop)
+            await self.resume_own(stop)
             while not stop.is_set():
                 await self.step(stop)
         except Stopped:
             pass
+
+    async def resume_own(self, stop: asyncio.Event) -> None:
+        """Settle first what this consumer name held when it last stopped (a restart under a
+        stable CONSUMER_NAME), without waiting CLAIM_IDLE_MS for recovery to notice it."""
+        after = b"0"
+        while not stop.is_set():
+            own = await self._until_done(functools.partial(
+                self.stream.read_own_pending, self.name, self.settings.batch_size, after), stop)
+            if not own:
+                return
+            await self.handle(own, stop)
+            after = own[-1][0]
 
     async def step(self, stop: asyncio.Event) -> None:
         """One turn of the loop: take over idle entries when due, else read new ones."""

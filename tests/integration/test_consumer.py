@@ -159,13 +159,14 @@ async def test_xautoclaim_takes_over_the_entries_of_a_consumer_that_died_before_
 async def test_a_restarted_consumer_settles_its_own_pending_entries_first(
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
     await stream.ensure_group()
-    await publish(stream, [event(f"e{i}") for i in range(10)])
-    await stream.read_new("worker-1", 100, 10)  # then the process died
-    again = consumer(settings, stream, store, "worker-1", claim_idle_ms=600_000)
+    await publish(stream, [event(f"e{i}") for i in range(120)])
+    await stream.read_new("worker-1", 120, 10)  # then the process died
+    # More entries than one batch: resuming pages through all of them.
+    again = consumer(settings, stream, store, "worker-1", claim_idle_ms=600_000, batch_size=50)
     async with running(again):
         await eventually(lambda: drained(stream), what="own pending entries settled")
     assert again.totals.claimed == 0
-    assert counts(sql) == (10, 0, 10)
+    assert counts(sql) == (120, 0, 120)
 
 
 async def test_a_stopped_consumer_leaves_nothing_unacked(
