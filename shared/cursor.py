@@ -28,6 +28,4 @@ def decode(cursor: str) -> StreamId:
         position = StreamId.parse(text[len(_VERSION):])
     except (ValueError, UnicodeError, binascii.Error):
         raise InvalidCursor() from None
-    if position.ms < 0 or position.seq < 0:
-        raise InvalidCursor()
     return position

@@ -7,6 +7,7 @@ gives its place in stream order and the moment it was received.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +43,11 @@ def events_of(body: Any) -> list[Any]:
     return events
 
 
-@dataclass(frozen=True, slots=True)
+_STREAM_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
+_BIGINT = 2**63  # positions are stored as PostgreSQL bigints
+
+
+@dataclass(frozen=True, slots=True, order=True)
 class StreamId:
     """A Redis stream entry id, `<ms>-<seq>`, kept as its two integers so that it sorts."""
 
@@ -51,9 +56,15 @@ class StreamId:
 
     @classmethod
     def parse(cls, raw: bytes | str) -> StreamId:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        ms, _, seq = text.partition("-")
-        return cls(int(ms), int(seq))
+        """Strictly `<digits>-<digits>`, each below 2**63; anything else is a ValueError."""
+        text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+        match = _STREAM_ID.fullmatch(text)
+        if match is None:
+            raise ValueError(f"not a stream id: {text!r}")
+        ms, seq = int(match[1]), int(match[2])
+        if ms >= _BIGINT or seq >= _BIGINT:
+            raise ValueError(f"stream id out of range: {text!r}")
+        return cls(ms, seq)
 
     def __str__(self) -> str:
         return f"{self.ms}-{self.seq}"

@@ -52,6 +52,7 @@ class Settings:
             values[field.name] = _parse(field.name, raw, field.default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
+        settings = replace(settings, log_level=settings.log_level.upper())
         if not settings.consumer_name:
             settings = replace(settings, consumer_name=_default_consumer_name())
         settings.check()

@@ -19,7 +19,7 @@ POSITIONS = [
     StreamId(1764064800123, 99999),
     StreamId(2**62, 0),
     StreamId(2**62, 2**62),
-    StreamId(2**64 - 1, 2**64 - 1),
+    StreamId(2**63 - 1, 2**63 - 1),
 ]
 
 
@@ -36,7 +36,8 @@ def test_a_decoded_cursor_is_the_position_it_was_encoded_from(position: StreamId
 def test_a_cursor_does_not_show_the_raw_stream_id(position: StreamId) -> None:
     encoded = cursor.encode(position)
     assert str(position) not in encoded
-    assert str(position.ms) not in encoded
+    if len(str(position.ms)) >= 4:  # a digit or two may appear in base64 by chance
+        assert str(position.ms) not in encoded
 
 
 @pytest.mark.parametrize("position", POSITIONS, ids=str)
@@ -68,11 +69,17 @@ def test_different_positions_have_different_cursors() -> None:
     b64("v1:1700000000000-5-6"),
     b64("v1:abc-def"),
     b64("v1:1.5-2"),
+    b64("v1: 1-2"),
+    b64("v1:+1-2"),
+    b64("v1:1_0-2"),
+    b64(f"v1:{2**63}-0"),
+    b64(f"v1:0-{2**63}"),
     base64.urlsafe_b64encode(b"v1:\xff\xfe-1").decode(),
 ], ids=["empty", "word", "spaces", "bangs", "not-base64", "non-ascii", "raw-id",
         "no-version", "other-version", "capital-version", "version-only", "missing-seq",
         "empty-seq", "missing-ms", "negative-ms", "negative-seq", "three-parts", "letters",
-        "fraction", "binary"])
+        "fraction", "leading-space", "plus-sign", "underscore", "ms-over-bigint",
+        "seq-over-bigint", "binary"])
 def test_a_cursor_that_this_server_did_not_hand_out_is_invalid(garbage: str) -> None:
     with pytest.raises(InvalidCursor):
         cursor.decode(garbage)
@@ -104,8 +111,7 @@ def test_a_stream_id_prints_as_redis_writes_it_and_parses_back(position: StreamI
 def test_a_stream_id_was_received_at_the_utc_time_of_its_milliseconds() -> None:
     received = StreamId.parse(b"1700000000000-5").received_at
     assert received == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
-    assert received.utcoffset() is not None
-    assert received.utcoffset().total_seconds() == 0
+    assert received.tzinfo is UTC
 
 
 def test_a_stream_id_keeps_its_milliseconds_in_received_at() -> None:

@@ -1,0 +1,235 @@
+"""Settings from the environment (SPEC §1), through `shared.settings.Settings.from_env`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.exceptions import ConfigurationError
+from shared.paths import ROOT
+from shared.settings import Settings
+
+# The defaults of the SPEC §1 table, written out here so that a change to either side shows.
+SPEC_DEFAULTS: dict[str, Any] = {
+    "redis_url": "redis://localhost:6379/0",
+    "database_url": "postgresql://postgres@localhost:5432/logagg",
+    "ingest_host": "0.0.0.0",
+    "ingest_port": 8080,
+    "stream_key": "events",
+    "consumer_group": "aggregator",
+    "batch_size": 500,
+    "claim_idle_ms": 30000,
+    "max_deliveries": 5,
+    "metrics_port": 9100,
+    "max_batch_events": 1000,
+    "max_body_bytes": 5242880,
+    "log_level": "INFO",
+}
+
+FIELDS = [field.name for field in dataclasses.fields(Settings)]
+INT_FIELDS = [field.name for field in dataclasses.fields(Settings) if field.type in (int, "int")]
+POSITIVE_FIELDS = ["batch_size", "claim_idle_ms", "max_deliveries", "max_batch_events",
+                   "max_body_bytes"]
+PORT_FIELDS = ["ingest_port", "metrics_port"]
+
+# A value for every field that differs from its default and passes the checks.
+OTHER_VALUES: dict[str, tuple[str, Any]] = {
+    "redis_url": ("redis://broker:6380/2", "redis://broker:6380/2"),
+    "database_url": ("postgresql://u:p@db:5433/other", "postgresql://u:p@db:5433/other"),
+    "ingest_host": ("127.0.0.1", "127.0.0.1"),
+    "ingest_port": ("18080", 18080),
+    "stream_key": ("events-test", "events-test"),
+    "consumer_group": ("group-test", "group-test"),
+    "consumer_name": ("consumer-7", "consumer-7"),
+    "batch_size": ("50", 50),
+    "claim_idle_ms": ("1500", 1500),
+    "max_deliveries": ("9", 9),
+    "metrics_port": ("19100", 19100),
+    "max_batch_events": ("20", 20),
+    "max_body_bytes": ("65536", 65536),
+    "log_level": ("DEBUG", "DEBUG"),
+}
+
+
+def test_every_field_has_a_test_value() -> None:
+    assert set(OTHER_VALUES) == set(FIELDS)
+
+
+def test_the_integer_fields_are_the_ones_the_spec_gives_numbers_for() -> None:
+    assert set(INT_FIELDS) == {name for name, value in SPEC_DEFAULTS.items()
+                               if isinstance(value, int)}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_DEFAULTS))
+def test_an_empty_environment_gives_the_spec_default(name: str) -> None:
+    assert getattr(Settings.from_env({}), name) == SPEC_DEFAULTS[name]
+
+
+def test_the_spec_names_every_field() -> None:
+    assert set(FIELDS) == {*SPEC_DEFAULTS, "consumer_name"}
+
+
+def test_the_consumer_name_defaults_to_host_name_and_pid() -> None:
+    assert Settings.from_env({}).consumer_name == f"{socket.gethostname()}-{os.getpid()}"
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_each_setting_is_read_from_its_upper_case_variable(name: str) -> None:
+    raw, parsed = OTHER_VALUES[name]
+    assert getattr(Settings.from_env({name.upper(): raw}), name) == parsed
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_a_lower_case_variable_is_ignored(name: str) -> None:
+    raw, _ = OTHER_VALUES[name]
+    assert Settings.from_env({name: raw}) == Settings.from_env({})
+
+
+def test_all_variables_are_read_together() -> None:
+    settings = Settings.from_env({name.upper(): raw for name, (raw, _) in OTHER_VALUES.items()})
+    assert dataclasses.asdict(settings) == {name: parsed
+                                            for name, (_, parsed) in OTHER_VALUES.items()}
+
+
+@pytest.mark.parametrize("name", INT_FIELDS)
+def test_an_integer_variable_parses_to_an_int(name: str) -> None:
+    raw, parsed = OTHER_VALUES[name]
+    value = getattr(Settings.from_env({name.upper(): raw}), name)
+    assert type(value) is int
+    assert value == parsed
+
+
+@pytest.mark.parametrize("raw", ["abc", "5.0", "1e3", "0x10", "ten", "5 apples"])
+@pytest.mark.parametrize("name", INT_FIELDS)
+def test_a_non_integer_integer_variable_is_a_configuration_error_naming_it(
+    name: str, raw: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=name.upper()):
+        Settings.from_env({name.upper(): raw})
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "-500"])
+@pytest.mark.parametrize("name", POSITIVE_FIELDS)
+def test_a_non_positive_count_is_a_configuration_error_naming_it(name: str, raw: str) -> None:
+    with pytest.raises(ConfigurationError, match=name.upper()):
+        Settings.from_env({name.upper(): raw})
+
+
+@pytest.mark.parametrize("raw", ["-1", "65536", "70000"])
+@pytest.mark.parametrize("name", PORT_FIELDS)
+def test_a_port_outside_the_tcp_range_is_a_configuration_error_naming_it(
+    name: str, raw: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=name.upper()):
+        Settings.from_env({name.upper(): raw})
+
+
+@pytest.mark.parametrize("raw", ["1", "65535"])
+@pytest.mark.parametrize("name", PORT_FIELDS)
+def test_a_port_at_the_ends_of_the_tcp_range_is_accepted(name: str, raw: str) -> None:
+    assert getattr(Settings.from_env({name.upper(): raw}), name) == int(raw)
+
+
+def test_metrics_port_zero_is_accepted_to_turn_the_endpoint_off() -> None:
+    assert Settings.from_env({"METRICS_PORT": "0"}).metrics_port == 0
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "debug"])
+def test_a_logging_level_name_is_accepted_in_any_case(level: str) -> None:
+    assert Settings.from_env({"LOG_LEVEL": level}).log_level == level.upper()
+
+
+@pytest.mark.parametrize("level", ["LOUD", "10", "TRACE"])
+def test_an_unknown_log_level_is_a_configuration_error_naming_it(level: str) -> None:
+    with pytest.raises(ConfigurationError, match="LOG_LEVEL"):
+        Settings.from_env({"LOG_LEVEL": level})
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_a_keyword_override_wins_over_the_environment(name: str) -> None:
+    raw, parsed = OTHER_VALUES[name]
+    override = f"{parsed}-override" if isinstance(parsed, str) else parsed + 1
+    if name == "log_level":
+        override = "ERROR"
+    settings = Settings.from_env({name.upper(): raw}, **{name: override})
+    assert getattr(settings, name) == override
+
+
+def test_a_none_override_leaves_the_environment_value() -> None:
+    assert Settings.from_env({"BATCH_SIZE": "7"}, batch_size=None).batch_size == 7
+
+
+def test_an_override_is_checked_like_a_variable() -> None:
+    with pytest.raises(ConfigurationError, match="BATCH_SIZE"):
+        Settings.from_env({}, batch_size=0)
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_DEFAULTS))
+def test_an_empty_variable_falls_back_to_the_default(name: str) -> None:
+    assert getattr(Settings.from_env({name.upper(): ""}), name) == SPEC_DEFAULTS[name]
+
+
+def test_an_empty_consumer_name_falls_back_to_host_name_and_pid() -> None:
+    assert (Settings.from_env({"CONSUMER_NAME": ""}).consumer_name
+            == f"{socket.gethostname()}-{os.getpid()}")
+
+
+def test_without_a_mapping_the_process_environment_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in FIELDS:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("BATCH_SIZE", "42")
+    monkeypatch.setenv("STREAM_KEY", "from-process")
+    settings = Settings.from_env()
+    assert (settings.batch_size, settings.stream_key) == (42, "from-process")
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_settings_are_frozen(name: str) -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(settings, name, getattr(settings, name))
+
+
+# .env.example
+
+
+def env_example() -> list[tuple[str, str]]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    pairs = []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep, f"not a NAME=value line: {line!r}"
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def test_env_example_sits_at_the_root_of_the_repository() -> None:
+    assert Path(ROOT / ".env.example").is_file()
+
+
+def test_env_example_lists_every_variable_of_settings_exactly_once() -> None:
+    names = [name for name, _ in env_example()]
+    assert len(names) == len(set(names))
+    assert set(names) == {name.upper() for name in FIELDS}
+
+
+def test_env_example_gives_the_defaults_of_settings() -> None:
+    defaults = {field.name.upper(): str(field.default) for field in dataclasses.fields(Settings)}
+    assert dict(env_example()) == defaults
+
+
+def test_env_example_leaves_consumer_name_empty() -> None:
+    assert dict(env_example())["CONSUMER_NAME"] == ""
+
+
+def test_env_example_read_as_an_environment_gives_the_defaults() -> None:
+    assert Settings.from_env(dict(env_example())) == Settings.from_env({})

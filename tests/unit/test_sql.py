@@ -1,0 +1,105 @@
+"""Named queries and migrations, through `shared.sql`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from shared import sql
+from shared.paths import ROOT, SQL_DIR
+
+STORE_QUERIES = {"insert_unique", "count_batch", "topic_stats", "events_page",
+                 "events_page_of_topic"}
+
+
+def test_parse_splits_named_blocks_in_order() -> None:
+    text = "-- name: first\nSELECT 1;\n\n-- name: second\nSELECT 2;\n"
+    assert sql.parse(text) == {"first": "SELECT 1", "second": "SELECT 2"}
+    assert list(sql.parse(text)) == ["first", "second"]
+
+
+def test_parse_keeps_a_multi_line_query_whole() -> None:
+    text = "-- name: page\nSELECT a,\n       b\nFROM t\nWHERE a > 1;\n"
+    assert sql.parse(text) == {"page": "SELECT a,\n       b\nFROM t\nWHERE a > 1"}
+
+
+def test_parse_drops_comment_lines() -> None:
+    text = ("-- name: q\n-- what it does\nSELECT a\n    -- an indented comment\nFROM t;\n"
+            "-- a comment after the query\n")
+    assert sql.parse(text) == {"q": "SELECT a\nFROM t"}
+
+
+def test_parse_drops_the_trailing_semicolon_only() -> None:
+    text = "-- name: q\nSELECT ';' AS s;\n"
+    assert sql.parse(text) == {"q": "SELECT ';' AS s"}
+
+
+def test_parse_ignores_the_text_before_the_first_name() -> None:
+    text = "-- A file comment.\n-- Another one.\n\n-- name: only\nSELECT 1;\n"
+    assert sql.parse(text) == {"only": "SELECT 1"}
+
+
+def test_parse_of_text_without_names_is_empty() -> None:
+    assert sql.parse("-- just a comment\nSELECT 1;\n") == {}
+    assert sql.parse("") == {}
+
+
+def test_a_name_marker_must_start_its_line() -> None:
+    text = "-- name: q\nSELECT 1; -- name: not_a_block\n"
+    assert list(sql.parse(text)) == ["q"]
+
+
+def test_queries_has_every_name_that_the_store_uses() -> None:
+    assert set(sql.queries()) >= STORE_QUERIES
+
+
+def test_every_name_the_store_uses_is_known_to_this_test() -> None:
+    # The quoted names inside every `self._sql[...]` of shared/store.py.
+    source = (ROOT / "shared" / "store.py").read_text()
+    used = {name for expression in re.findall(r"self\._sql\[([^\]]*)\]", source)
+            for name in re.findall(r"""["'](\w+)["']""", expression)}
+    assert used
+    assert used <= STORE_QUERIES
+
+
+@pytest.mark.parametrize("name", sorted(STORE_QUERIES))
+def test_a_store_query_is_clean_sql(name: str) -> None:
+    query = sql.queries()[name]
+    assert query
+    assert query == query.strip()
+    assert not query.endswith(";")
+    assert not any(line.lstrip().startswith("--") for line in query.splitlines())
+
+
+def test_migrations_start_with_0001_init() -> None:
+    version, text = sql.migrations()[0]
+    assert version == "0001_init"
+    assert text == (SQL_DIR / "0001_init.sql").read_text()
+    assert text.strip()
+
+
+def test_migration_versions_are_sorted_and_unique() -> None:
+    versions = [version for version, _ in sql.migrations()]
+    assert versions == sorted(versions)
+    assert len(versions) == len(set(versions))
+
+
+def test_queries_sql_is_not_a_migration() -> None:
+    assert "queries" not in [version for version, _ in sql.migrations()]
+
+
+def test_migrations_are_ordered_by_number_and_skip_other_files(tmp_path: Path) -> None:
+    for name in ["0010_later.sql", "0002_second.sql", "0001_init.sql", "queries.sql",
+                 "notes.txt", "01_short.sql"]:
+        (tmp_path / name).write_text(f"-- {name}\n")
+    assert sql.migrations(tmp_path) == [
+        ("0001_init", "-- 0001_init.sql\n"),
+        ("0002_second", "-- 0002_second.sql\n"),
+        ("0010_later", "-- 0010_later.sql\n"),
+    ]
+
+
+def test_an_empty_folder_has_no_migration(tmp_path: Path) -> None:
+    assert sql.migrations(tmp_path) == []
