@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     publish_arguments(publish)
     publish.set_defaults(run=lambda settings, args: _publish(args))
 
+    from services.dlq.__main__ import add_arguments as dlq_arguments
+    dlq = commands.add_parser("dlq", help="list dead letters, or replay them")
+    dlq_arguments(dlq)
+    dlq.set_defaults(run=_dlq)
+
     from services.stack.local import add_demo_arguments, add_up_arguments
     up = commands.add_parser("up", help="run the whole stack on this machine until Ctrl-C")
     add_up_arguments(up)
@@ -87,6 +92,12 @@ def _publish(args: argparse.Namespace) -> int:
     from services.publisher.__main__ import run
 
     return run(args)
+
+
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from services.dlq.__main__ import run
+
+    return run(settings, args)
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:

@@ -6,8 +6,10 @@ keys share nothing.
 
 from __future__ import annotations
 
-# The one field of a stream entry: the event exactly as validated, as JSON bytes.
+# The field of a stream entry that holds the event exactly as validated, as JSON bytes.
 EVENT_FIELD = b"e"
+# Present only on entries written by `logagg dlq replay`: the id of the dead letter they revive.
+REPLAY_FIELD = b"r"
 
 
 def received_key(stream_key: str) -> str:

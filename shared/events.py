@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from shared.constants import EVENT_FIELD, REPLAY_FIELD
+
 
 class BodyShapeError(ValueError):
     """The body is JSON, but not one event, an array of events or `{"events": [...]}`."""
@@ -75,6 +77,18 @@ class StreamId:
         return datetime.fromtimestamp(self.ms / 1000, tz=UTC)
 
 
+class Unreadable(ValueError):
+    """A stream entry with no event to settle: its fields are gone (the entry was deleted while
+    pending: `deleted`) or hold no event we can read (`undecodable`)."""
+
+    def __init__(self, raw_id: bytes, reason: str, detail: str, raw_event: bytes | None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.raw_id = raw_id
+        self.id = StreamId.parse(raw_id)
+        self.reason = reason
+        self.raw_event = raw_event
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One stream entry as a consumer reads it: its id and the event it carries."""
@@ -86,16 +100,28 @@ class Entry:
     timestamp: str
     source: str
     payload: bytes  # the payload object as JSON text, stored as jsonb
+    raw_event: bytes = b""  # the event field as it was in the stream, kept for a dead letter
+    replay_of: StreamId | None = None  # the dead letter this entry brings back, if any
 
     @classmethod
-    def decode(cls, raw_id: bytes, event_json: bytes) -> Entry:
-        event = orjson.loads(event_json)
-        return cls(
-            raw_id=raw_id,
-            id=StreamId.parse(raw_id),
-            topic=event["topic"],
-            event_id=event["event_id"],
-            timestamp=event["timestamp"],
-            source=event["source"],
-            payload=orjson.dumps(event["payload"]),
-        )
+    def decode(cls, raw_id: bytes, fields: dict[bytes, bytes] | None) -> Entry:
+        """The event of a stream entry, or `Unreadable` saying why there is none."""
+        if not fields:
+            raise Unreadable(raw_id, "deleted", "the entry left the stream while pending", None)
+        raw_event = fields.get(EVENT_FIELD)
+        try:
+            event = orjson.loads(raw_event or b"")
+            replay = fields.get(REPLAY_FIELD)
+            entry = cls(
+                raw_id=raw_id, id=StreamId.parse(raw_id),
+                topic=event["topic"], event_id=event["event_id"],
+                timestamp=event["timestamp"], source=event["source"],
+                payload=orjson.dumps(event["payload"]), raw_event=raw_event or b"",
+                replay_of=StreamId.parse(replay) if replay else None,
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise Unreadable(raw_id, "undecodable", repr(error), raw_event) from None
+        if not all(isinstance(v, str) for v in (entry.topic, entry.event_id, entry.timestamp,
+                                                  entry.source)):
+            raise Unreadable(raw_id, "undecodable", "a field is not a string", raw_event)
+        return entry

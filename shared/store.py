@@ -14,19 +14,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from shared.events import Entry, StreamId
+from shared.events import Entry, StreamId, Unreadable
 from shared.sql import queries
 
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """What one batch changed: counts per topic. Redeliveries appear in neither."""
+    """What settling entries changed: counts per topic. Redeliveries appear nowhere; `revived`
+    counts replayed dead letters, which also appear as unique or duplicate."""
 
     unique: Counter[str] = field(default_factory=Counter)
     duplicate: Counter[str] = field(default_factory=Counter)
+    revived: Counter[str] = field(default_factory=Counter)
+
+    def __add__(self, other: Settled) -> Settled:
+        return Settled(self.unique + other.unique, self.duplicate + other.duplicate,
+                       self.revived + other.revived)
 
     @property
     def unique_total(self) -> int:
@@ -35,6 +42,60 @@ class Settled:
     @property
     def duplicate_total(self) -> int:
         return sum(self.duplicate.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A stream entry that could not be settled, and why: what a dead letter is made of."""
+
+    raw_id: bytes
+    id: StreamId
+    reason: str  # store_rejected | undecodable | deleted
+    error: str
+    topic: str | None = None
+    event_id: str | None = None
+    raw_event: bytes | None = None
+    replay_of: StreamId | None = None
+    deliveries: int = 0
+
+    @classmethod
+    def of_entry(cls, entry: Entry, error: str) -> Failure:
+        # PostgreSQL text cannot hold NUL, which JSON strings can: the letter's topic and
+        # event_id must be storable whatever made the event fail. `raw_event` keeps the truth.
+        return cls(entry.raw_id, entry.id, "store_rejected", error, _storable(entry.topic),
+                   _storable(entry.event_id), entry.raw_event, entry.replay_of)
+
+    @classmethod
+    def of_unreadable(cls, unreadable: Unreadable) -> Failure:
+        return cls(unreadable.raw_id, unreadable.id, unreadable.reason, str(unreadable),
+                   raw_event=unreadable.raw_event)
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    position: StreamId
+    topic: str | None
+    event_id: str | None
+    event: bytes | None
+    reason: str
+    last_error: str
+    deliveries: int
+    status: str
+    dead_lettered_at: datetime
+    replayed_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.position), "topic": self.topic, "event_id": self.event_id,
+            "reason": self.reason, "last_error": self.last_error,
+            "deliveries": self.deliveries, "status": self.status,
+            "dead_lettered_at": self.dead_lettered_at, "replayed_at": self.replayed_at,
+            "event": None if self.event is None else self.event.decode(errors="replace"),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,29 +142,87 @@ class Store:
         """Store and count a batch of stream entries in one transaction, committed on return."""
         if not entries:
             return Settled()
+        async with self.pool.connection() as conn, conn.transaction():
+            replays = [e for e in entries if e.replay_of is not None]
+            if not replays:
+                return await self._store(conn, entries, [])
+            live = await self._revive(conn, replays)
+            # Each letter comes back once, through its first replay in this batch. A replay
+            # whose letter is not dead any more was settled before: it changes nothing.
+            revivals: dict[StreamId, Entry] = {}
+            for entry in sorted(replays, key=lambda e: e.id):
+                if entry.replay_of in live:
+                    revivals.setdefault(entry.replay_of, entry)
+            kept = [e for e in entries if e.replay_of is None] + list(revivals.values())
+            return await self._store(conn, kept, [e.topic for e in revivals.values()])
+
+    async def _revive(self, conn: AsyncConnection[Any], replays: list[Entry]) -> set[StreamId]:
+        letters = [e.replay_of for e in replays if e.replay_of is not None]
+        cursor = await conn.execute(self._sql["revive_dead_letters"], {
+            "replay_ms": [p.ms for p in letters], "replay_seq": [p.seq for p in letters]})
+        return {StreamId(ms, seq) for ms, seq in await cursor.fetchall()}
+
+    async def _store(self, conn: AsyncConnection[Any], entries: Sequence[Entry],
+                     revived: list[str]) -> Settled:
         topics = [e.topic for e in entries]
         event_ids = [e.event_id for e in entries]
         stream_ms = [e.id.ms for e in entries]
         stream_seq = [e.id.seq for e in entries]
-        async with self.pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute(self._sql["insert_unique"], {
-                "topics": topics, "event_ids": event_ids,
-                "timestamps": [e.timestamp for e in entries],
-                "sources": [e.source for e in entries],
-                "payloads": [e.payload.decode() for e in entries],
-                "stream_ms": stream_ms, "stream_seq": stream_seq,
-            })
-            unique_topics = [row[0] for row in await cursor.fetchall()]
-            cursor = await conn.execute(self._sql["count_batch"], {
-                "topics": topics, "event_ids": event_ids,
-                "stream_ms": stream_ms, "stream_seq": stream_seq,
-                "unique_topics": unique_topics,
-            })
-            deltas = await cursor.fetchall()
+        cursor = await conn.execute(self._sql["insert_unique"], {
+            "topics": topics, "event_ids": event_ids,
+            "timestamps": [e.timestamp for e in entries],
+            "sources": [e.source for e in entries],
+            "payloads": [e.payload.decode() for e in entries],
+            "stream_ms": stream_ms, "stream_seq": stream_seq,
+        })
+        unique_topics = [row[0] for row in await cursor.fetchall()]
+        cursor = await conn.execute(self._sql["count_batch"], {
+            "topics": topics, "event_ids": event_ids,
+            "stream_ms": stream_ms, "stream_seq": stream_seq,
+            "unique_topics": unique_topics, "revived_topics": revived,
+        })
+        deltas = await cursor.fetchall()
         return Settled(
-            unique=Counter({topic: u for topic, u, _ in deltas if u}),
-            duplicate=Counter({topic: d for topic, _, d in deltas if d}),
+            unique=Counter({topic: u for topic, u, _, _ in deltas if u}),
+            duplicate=Counter({topic: d for topic, _, d, _ in deltas if d}),
+            revived=Counter({topic: r for topic, _, _, r in deltas if r}),
         )
+
+    async def dead_letter(self, failures: Sequence[Failure]) -> int:
+        """Give up on entries: write and count their dead letters, once. Returns how many new."""
+        if not failures:
+            return 0
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(self._sql["dead_letter"], {
+                "stream_ms": [f.id.ms for f in failures],
+                "stream_seq": [f.id.seq for f in failures],
+                "topics": [f.topic for f in failures],
+                "event_ids": [f.event_id for f in failures],
+                "events": [f.raw_event for f in failures],
+                "reasons": [f.reason for f in failures],
+                "errors": [f.error for f in failures],
+                "deliveries": [f.deliveries for f in failures],
+                "replay_ms": [f.replay_of.ms if f.replay_of else None for f in failures],
+                "replay_seq": [f.replay_of.seq if f.replay_of else None for f in failures],
+            })
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def dead_letters(self, *, after: StreamId | None = None, status: str | None = None,
+                           limit: int = 100) -> list[DeadLetter]:
+        start = after or StreamId(0, 0)
+        return await self._letters("dead_letters", {
+            "after_ms": start.ms, "after_seq": start.seq, "status": status, "limit": limit})
+
+    async def dead_letters_at(self, positions: Sequence[StreamId]) -> list[DeadLetter]:
+        return await self._letters("dead_letters_by_position", {
+            "stream_ms": [p.ms for p in positions], "stream_seq": [p.seq for p in positions]})
+
+    async def _letters(self, query: str, params: dict[str, Any]) -> list[DeadLetter]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(self._sql[query], params)
+            rows = await cursor.fetchall()
+        return [DeadLetter(StreamId(ms, seq), *rest) for ms, seq, *rest in rows]
 
     async def stats(self) -> StoreStats:
         async with self.pool.connection() as conn:

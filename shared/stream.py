@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared.constants import EVENT_FIELD, received_key
+from shared.constants import EVENT_FIELD, REPLAY_FIELD, received_key
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,28 @@ class Stream:
         next_start, entries, deleted = await self.redis.xautoclaim(
             self.key, self.group, consumer, min_idle_ms, start_id=start, count=count)
         return Claimed(entries=entries, deleted=list(deleted), next_start=next_start)
+
+    async def replay(self, letters: Sequence[tuple[str, bytes]]) -> None:
+        """Append events again, each marked with the dead letter it revives, in one MULTI/EXEC.
+
+        They were counted as received when first accepted, so `received` does not move.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        for letter_id, event in letters:
+            pipe.xadd(self.key, {EVENT_FIELD: event, REPLAY_FIELD: letter_id.encode()})
+        await pipe.execute()
+
+    async def delivery_counts(self, consumer: str, ids: Sequence[bytes]) -> dict[bytes, int]:
+        """How many times Redis delivered each entry, for those still pending on `consumer`."""
+        pipe = self.redis.pipeline(transaction=False)
+        for raw_id in ids:
+            pipe.xpending_range(self.key, self.group, min=raw_id, max=raw_id, count=1,
+                                consumername=consumer)
+        counts: dict[bytes, int] = {}
+        for reply in await pipe.execute():
+            for pending in reply:
+                counts[pending["message_id"]] = int(pending["times_delivered"])
+        return counts
 
     async def ack(self, ids: Sequence[bytes]) -> None:
         if ids:

@@ -37,22 +37,94 @@ WITH batch AS (
     ON CONFLICT ON CONSTRAINT duplicate_entries_pkey DO NOTHING
     RETURNING topic
 ), deltas AS (
-    SELECT topic, sum(is_unique)::bigint AS unique_processed,
-           sum(1 - is_unique)::bigint AS duplicate_dropped
+    SELECT topic, sum(u)::bigint AS unique_processed, sum(d)::bigint AS duplicate_dropped,
+           sum(r)::bigint AS revived
     FROM (
-        SELECT topic, 1 AS is_unique FROM unnest(%(unique_topics)s::text[]) AS u(topic)
+        SELECT topic, 1 AS u, 0 AS d, 0 AS r FROM unnest(%(unique_topics)s::text[]) AS u(topic)
         UNION ALL
-        SELECT topic, 0 FROM duplicates
+        SELECT topic, 0, 1, 0 FROM duplicates
+        UNION ALL
+        -- Replayed dead letters settle here, so they leave the dead-letter count.
+        SELECT topic, 0, 0, 1 FROM unnest(%(revived_topics)s::text[]) AS r(topic)
     ) AS settled
     GROUP BY topic
 ), counted AS (
-    INSERT INTO topic_stats AS s (topic, unique_processed, duplicate_dropped)
-    SELECT topic, unique_processed, duplicate_dropped FROM deltas ORDER BY topic
+    INSERT INTO topic_stats AS s (topic, unique_processed, duplicate_dropped, dead_lettered)
+    SELECT topic, unique_processed, duplicate_dropped, -revived FROM deltas ORDER BY topic
     ON CONFLICT ON CONSTRAINT topic_stats_pkey DO UPDATE
     SET unique_processed = s.unique_processed + excluded.unique_processed,
-        duplicate_dropped = s.duplicate_dropped + excluded.duplicate_dropped
+        duplicate_dropped = s.duplicate_dropped + excluded.duplicate_dropped,
+        dead_lettered = s.dead_lettered + excluded.dead_lettered
 )
-SELECT topic, unique_processed, duplicate_dropped FROM deltas;
+SELECT topic, unique_processed, duplicate_dropped, revived FROM deltas;
+
+-- name: revive_dead_letters
+-- Entries that replay a dead letter take it back from the dead, once: a second replay of the
+-- same letter, or a redelivery of a replay already settled, finds it revived and does nothing.
+-- A concurrent replay of the same letter waits on its row lock, then finds it revived too.
+UPDATE dead_letters AS d
+SET status = 'replayed', replayed_at = now()
+FROM unnest(%(replay_ms)s::bigint[], %(replay_seq)s::bigint[]) AS r(stream_ms, stream_seq)
+WHERE d.stream_ms = r.stream_ms AND d.stream_seq = r.stream_seq AND d.status = 'dead'
+RETURNING d.stream_ms, d.stream_seq;
+
+-- name: dead_letter
+-- Give up on entries: write their letters and count them, once. An entry whose letter exists
+-- already (a redelivery of this very step) or that was settled after all (stored, or counted as
+-- a duplicate, before its stream entry vanished) adds nothing. An entry that replays a letter
+-- writes no new one: its letter stays dead, with the latest error. An undecodable entry was
+-- not written by ingest, so it was never received: its letter is kept but not counted.
+WITH letters AS (
+    SELECT *
+    FROM unnest(%(stream_ms)s::bigint[], %(stream_seq)s::bigint[], %(topics)s::text[],
+                %(event_ids)s::text[], %(events)s::bytea[], %(reasons)s::text[],
+                %(errors)s::text[], %(deliveries)s::integer[], %(replay_ms)s::bigint[],
+                %(replay_seq)s::bigint[])
+         AS l(stream_ms, stream_seq, topic, event_id, event, reason, last_error, deliveries,
+              replay_ms, replay_seq)
+), fresh AS (
+    INSERT INTO dead_letters (stream_ms, stream_seq, topic, event_id, event, reason,
+                              last_error, deliveries)
+    SELECT l.stream_ms, l.stream_seq, l.topic, l.event_id, l.event, l.reason, l.last_error,
+           l.deliveries
+    FROM letters l
+    WHERE l.replay_ms IS NULL
+      AND NOT EXISTS (SELECT 1 FROM events e
+                      WHERE e.stream_ms = l.stream_ms AND e.stream_seq = l.stream_seq)
+      AND NOT EXISTS (SELECT 1 FROM duplicate_entries d
+                      WHERE d.stream_ms = l.stream_ms AND d.stream_seq = l.stream_seq)
+    ORDER BY l.stream_ms, l.stream_seq
+    ON CONFLICT ON CONSTRAINT dead_letters_pkey DO NOTHING
+    RETURNING coalesce(topic, '') AS topic, reason <> 'undecodable' AS counted
+), still_dead AS (
+    UPDATE dead_letters AS d
+    SET last_error = l.last_error
+    FROM letters l
+    WHERE d.stream_ms = l.replay_ms AND d.stream_seq = l.replay_seq AND d.status = 'dead'
+), counted AS (
+    INSERT INTO topic_stats AS s (topic, dead_lettered)
+    SELECT topic, count(*) FROM fresh WHERE counted GROUP BY topic ORDER BY topic
+    ON CONFLICT ON CONSTRAINT topic_stats_pkey DO UPDATE
+    SET dead_lettered = s.dead_lettered + excluded.dead_lettered
+)
+SELECT count(*) FILTER (WHERE counted) FROM fresh;
+
+-- name: dead_letters
+SELECT stream_ms, stream_seq, topic, event_id, event, reason, last_error, deliveries, status,
+       dead_lettered_at, replayed_at
+FROM dead_letters
+WHERE (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+ORDER BY stream_ms, stream_seq
+LIMIT %(limit)s;
+
+-- name: dead_letters_by_position
+SELECT stream_ms, stream_seq, topic, event_id, event, reason, last_error, deliveries, status,
+       dead_lettered_at, replayed_at
+FROM dead_letters AS d
+JOIN unnest(%(stream_ms)s::bigint[], %(stream_seq)s::bigint[]) AS p(ms, seq)
+  ON d.stream_ms = p.ms AND d.stream_seq = p.seq
+ORDER BY stream_ms, stream_seq;
 
 -- name: topic_stats
 SELECT topic, unique_processed, duplicate_dropped, dead_lettered

@@ -3,7 +3,7 @@
 Acking only after COMMIT is what makes delivery at-least-once; the store's redelivery check is
 what makes a second delivery harmless. A batch whose transaction failed is not acked: a
 transient failure (PostgreSQL down, a deadlock) is retried here until it succeeds or the process
-is asked to stop; anything else stays pending for recovery to take over.
+is asked to stop; an entry the store rejects is isolated and handed to `poison` (dead letters).
 """
 
 from __future__ import annotations
@@ -17,23 +17,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import psycopg
-import psycopg_pool
 from redis.exceptions import RedisError
 
+from services.consumer import poison
 from services.consumer.recovery import Recovery
-from shared.constants import EVENT_FIELD
-from shared.events import Entry
+from shared.events import Entry, Unreadable
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_PROCESSED
 from shared.settings import Settings
-from shared.store import Settled, Store
+from shared.store import Failure, Settled, Store
 from shared.stream import RawEntry, Stream
 
 logger = logging.getLogger(__name__)
 
-# Failures worth retrying the same batch for: the server went away, or lost a lock race.
-TRANSIENT = (psycopg.OperationalError, psycopg.errors.DeadlockDetected,
-             psycopg.errors.SerializationFailure, psycopg_pool.PoolTimeout)
 READ_BLOCK_MS = 1000  # how long a read may block: also the longest wait for a stop request
 MAX_BACKOFF_S = 5.0
 
@@ -41,7 +36,7 @@ T = TypeVar("T")
 
 
 class Stopped(Exception):
-    """A stop was requested while waiting for the broker to come back."""
+    """A stop was requested while waiting for a server to come back."""
 
 
 @dataclass
@@ -53,7 +48,8 @@ class Totals:
     duplicate: int = 0
     redelivered: int = 0
     claimed: int = 0
-    failed_batches: int = 0
+    dead_lettered: int = 0
+    left_pending: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -63,7 +59,7 @@ class Consumer:
         self.name = settings.consumer_name
         self.stream = stream
         self.store = store
-        self.recovery = Recovery(stream, self.name, settings)
+        self.recovery = Recovery(stream, store, self.name, settings)
         self.totals = Totals()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -90,75 +86,69 @@ class Consumer:
 
     async def step(self, stop: asyncio.Event) -> None:
         """One turn of the loop: take over idle entries when due, else read new ones."""
-        try:
-            if self.recovery.due():
-                claimed = await self.recovery.claim()
-                if claimed:
-                    self.totals.claimed += len(claimed)
-                    await self.handle(claimed, stop)
-                    return
-            batch = await self.stream.read_new(self.name, self.settings.batch_size, READ_BLOCK_MS)
-        except RedisError as error:
-            await self._pause("broker", error, stop)
-            return
+        if self.recovery.due():
+            claimed = await self._until_done(self.recovery.claim, stop)
+            if claimed:
+                self.totals.claimed += len(claimed)
+                await self.handle(claimed, stop)
+                return
+        batch = await self._until_done(functools.partial(
+            self.stream.read_new, self.name, self.settings.batch_size, READ_BLOCK_MS), stop)
         if batch:
             await self.handle(batch, stop)
 
     async def handle(self, raw: Sequence[RawEntry], stop: asyncio.Event) -> None:
-        """Settle a batch and ack it; leave it pending if it cannot be settled."""
+        """Settle a batch and ack what was settled or given up on; leave the rest pending."""
         started = time.perf_counter()
-        entries = decode(raw)
-        settled = await self._settle(entries, stop)
-        if settled is None:
-            self.totals.failed_batches += 1
-            return
+        entries, unreadable = decode(raw)
+        # If a stop comes while PostgreSQL is away, nothing was committed or acked: the entries
+        # stay pending for another consumer.
+        outcome = await self._until_done(
+            lambda: poison.settle_isolating(self.store, entries), stop)
+        failures = [*outcome.failures, *(Failure.of_unreadable(u) for u in unreadable)]
+        given_up = await self._until_done(
+            lambda: poison.give_up_exhausted(self.stream, self.store, self.name,
+                                             self.settings.max_deliveries, failures), stop)
         # Committed: from here on a lost ack costs only a harmless redelivery.
-        await self._until_done(lambda: self.stream.ack([e.raw_id for e in entries]), stop)
-        self._account(len(entries), settled, time.perf_counter() - started)
+        done = [e.raw_id for e in outcome.settled_entries] + given_up.ids
+        await self._until_done(lambda: self.stream.ack(done), stop)
+        self._account(len(raw), outcome.settled, given_up, len(failures),
+                      time.perf_counter() - started)
 
-    async def _settle(self, entries: list[Entry], stop: asyncio.Event) -> Settled | None:
-        attempt = 0
-        while True:
-            try:
-                return await self.store.settle(entries)
-            except TRANSIENT as error:
-                if stop.is_set():
-                    # Not committed, not acked: the entries stay pending for another consumer.
-                    return None
-                attempt += 1
-                await self._pause("store", error, stop, attempt)
-            except psycopg.Error:
-                logger.exception("batch failed; left pending for recovery",
-                                 extra={"action": "batch_failed", "entries": len(entries)})
-                return None
-
-    def _account(self, size: int, settled: Settled, seconds: float) -> None:
+    def _account(self, size: int, settled: Settled, given_up: poison.GivenUp, failed: int,
+                 seconds: float) -> None:
         unique, duplicate = settled.unique_total, settled.duplicate_total
-        redelivered = size - unique - duplicate
-        self.totals.batches += 1
-        self.totals.unique += unique
-        self.totals.duplicate += duplicate
-        self.totals.redelivered += redelivered
-        EVENTS_PROCESSED.labels(result="unique").inc(unique)
-        EVENTS_PROCESSED.labels(result="duplicate").inc(duplicate)
-        EVENTS_PROCESSED.labels(result="redelivered").inc(redelivered)
+        redelivered = size - failed - unique - duplicate
+        t = self.totals
+        t.batches += 1
+        t.unique += unique
+        t.duplicate += duplicate
+        t.redelivered += redelivered
+        t.dead_lettered += given_up.new
+        t.left_pending += failed - len(given_up.ids)
+        for result, count in (("unique", unique), ("duplicate", duplicate),
+                              ("redelivered", redelivered), ("dead_lettered", given_up.new)):
+            EVENTS_PROCESSED.labels(result=result).inc(count)
         BATCH_SIZE.observe(size)
         BATCH_SECONDS.observe(seconds)
         logger.info("batch settled", extra={
             "action": "batch_settled", "entries": size, "unique": unique,
-            "duplicate": duplicate, "redelivered": redelivered, "ms": round(seconds * 1000, 1)})
+            "duplicate": duplicate, "redelivered": redelivered, "failed": failed,
+            "dead_lettered": given_up.new, "ms": round(seconds * 1000, 1)})
 
     async def _until_done(self, call: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
-        """Retry a broker call through outages, backing off, until it succeeds or stop is set."""
+        """Retry a call through outages of Redis or PostgreSQL (and lost lock races), backing
+        off, until it succeeds; raise `Stopped` if a stop is requested meanwhile."""
         attempt = 0
         while True:
             try:
                 return await call()
-            except RedisError as error:
+            except (RedisError, poison.Transient) as error:
                 if stop.is_set():
                     raise Stopped() from error
                 attempt += 1
-                await self._pause("broker", error, stop, attempt)
+                what = "broker" if isinstance(error, RedisError) else "store"
+                await self._pause(what, error, stop, attempt)
 
     async def _pause(self, what: str, error: BaseException, stop: asyncio.Event,
                      attempt: int = 1) -> None:
@@ -172,18 +162,20 @@ class Consumer:
         t = self.totals
         return {"action": "consumer_summary", "consumer": self.name, "batches": t.batches,
                 "unique": t.unique, "duplicate": t.duplicate, "redelivered": t.redelivered,
-                "claimed": t.claimed, "failed_batches": t.failed_batches,
+                "claimed": t.claimed, "dead_lettered": t.dead_lettered,
+                "left_pending": t.left_pending,
                 "seconds": round(time.monotonic() - t.started, 1)}
 
 
-def decode(raw: Sequence[RawEntry]) -> list[Entry]:
-    """The entries that carry an event. One that does not (written by something other than
-    ingest) is logged and left pending rather than taking its batch down."""
-    entries = []
+def decode(raw: Sequence[RawEntry]) -> tuple[list[Entry], list[Unreadable]]:
+    """The entries that carry an event, and those that do not (deleted, or not ours)."""
+    entries: list[Entry] = []
+    unreadable: list[Unreadable] = []
     for raw_id, fields in raw:
         try:
-            entries.append(Entry.decode(raw_id, fields[EVENT_FIELD]))
-        except (KeyError, ValueError, TypeError):
-            logger.error("undecodable stream entry left pending",
-                         extra={"action": "entry_undecodable", "id": raw_id.decode()})
-    return entries
+            entries.append(Entry.decode(raw_id, fields))
+        except Unreadable as problem:
+            logger.error("unreadable stream entry", extra={
+                "action": "entry_unreadable", "id": raw_id.decode(), "reason": problem.reason})
+            unreadable.append(problem)
+    return entries, unreadable

@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
+from services.consumer import poison
+from shared.events import StreamId
 from shared.metrics import ENTRIES_CLAIMED
 from shared.settings import Settings
+from shared.store import Failure, Store
 from shared.stream import RawEntry, Stream
 
 logger = logging.getLogger(__name__)
@@ -20,8 +23,9 @@ START = b"0-0"
 
 
 class Recovery:
-    def __init__(self, stream: Stream, consumer: str, settings: Settings) -> None:
+    def __init__(self, stream: Stream, store: Store, consumer: str, settings: Settings) -> None:
         self.stream = stream
+        self.store = store
         self.consumer = consumer
         self.min_idle_ms = settings.claim_idle_ms
         self.count = settings.batch_size
@@ -43,13 +47,22 @@ class Recovery:
         if self._cursor == START:
             self._next_scan = time.monotonic() + self.interval_s
         if claimed.deleted:
-            # Entries trimmed or deleted while pending: XAUTOCLAIM has already dropped them
-            # from the pending list; there is no event left to settle.
-            logger.warning("pending entries no longer in the stream",
-                           extra={"action": "entries_vanished", "count": len(claimed.deleted)})
+            await self.account_vanished(claimed.deleted)
         if claimed.entries:
             ENTRIES_CLAIMED.inc(len(claimed.entries))
             logger.info("claimed idle entries", extra={
                 "action": "entries_claimed", "count": len(claimed.entries),
                 "first": claimed.entries[0][0].decode()})
         return claimed.entries
+
+    async def account_vanished(self, ids: list[bytes]) -> None:
+        """Entries deleted from the stream while pending (by something other than logagg, which
+        never trims a pending entry): XAUTOCLAIM has dropped them from the pending list, so no
+        delivery will ever settle them. Unless they were settled already, they become dead
+        letters, so that `received` still balances."""
+        vanished = [Failure(raw_id, StreamId.parse(raw_id), "deleted",
+                            "the entry left the stream while pending") for raw_id in ids]
+        with poison.system_failures_are_transient():
+            new = await self.store.dead_letter(vanished)
+        logger.warning("pending entries no longer in the stream", extra={
+            "action": "entries_vanished", "count": len(ids), "dead_lettered": new})

@@ -125,6 +125,7 @@ async def stats(request: web.Request) -> web.Response:
             topic: {"unique_processed": c.unique_processed,
                     "duplicate_dropped": c.duplicate_dropped}
             for topic, c in counts.topics.items()
+            if topic  # "": letters of entries whose topic could not be read
         },
     })
 

@@ -112,7 +112,7 @@ async def test_an_entry_committed_but_never_acked_changes_no_counter_when_redeli
     await publish(stream, events)
     # The doomed consumer commits its batch, then dies before XACK.
     doomed = await stream.read_new("doomed", 100, 10)
-    await store.settle(decode(doomed))
+    await store.settle(decode(doomed)[0])
     before = counts(sql)
     assert before == (60, 40, 60)
     assert await stream.pending() == 100
@@ -131,7 +131,7 @@ async def test_the_same_entries_settled_twice_at_once_count_once(
     # A stuck consumer and the one that claimed its entries may settle them concurrently.
     await stream.ensure_group()
     await publish(stream, with_duplicates(unique=80, duplicates=20))
-    entries = decode(await stream.read_new("slow", 100, 10))
+    entries, _ = decode(await stream.read_new("slow", 100, 10))
     first, second = await asyncio.gather(store.settle(entries), store.settle(entries))
     assert first.unique_total + second.unique_total == 80
     assert first.duplicate_total + second.duplicate_total == 20

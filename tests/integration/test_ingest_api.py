@@ -138,7 +138,7 @@ async def test_events_lists_stored_events_oldest_first_in_pages(
     await stream.ensure_group()
     for i in range(5):
         await stream.publish([orjson.dumps(event(f"e{i}", topic="auth" if i % 2 else "billing"))])
-    await store.settle(decode(await stream.read_new("c", 10, 10)))
+    await store.settle(decode(await stream.read_new("c", 10, 10))[0])
 
     first = await (await client.get("/events", params={"limit": "2"})).json()
     assert [e["event_id"] for e in first["events"]] == ["e0", "e1"]
