@@ -35,6 +35,10 @@ class Settings:
     max_batch_events: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024
     log_level: str = "INFO"
+    # Beyond SPEC §1: backpressure and stream upkeep.
+    max_backlog: int = 500_000  # entries pending or undelivered before ingest answers 503; 0: off
+    consumer_gone_ms: int = 3_600_000  # idle time after which a consumer with nothing pending
+    #                                    is removed from the group
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -60,7 +64,10 @@ class Settings:
 
     def check(self) -> None:
         positive = ("batch_size", "claim_idle_ms", "max_deliveries", "max_batch_events",
-                    "max_body_bytes")
+                    "max_body_bytes", "consumer_gone_ms")
+        if self.max_backlog < 0:
+            raise ConfigurationError(f"MAX_BACKLOG must be 0 (no limit) or more, "
+                                     f"got {self.max_backlog}")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name.upper()} must be positive, "

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.ingest.keys import SETTINGS, STARTED, STORE, STREAM
+from services.ingest.backpressure import Backlog
+from services.ingest.keys import BACKLOG, SETTINGS, STARTED, STORE, STREAM
 from services.ingest.middlewares import count_requests, errors_as_json
 from services.ingest.routes import setup_routes
 from shared.db import make_pool
@@ -43,6 +44,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     app[STREAM] = Stream(redis, key=settings.stream_key, group=settings.consumer_group)
+    app[BACKLOG] = Backlog(app[STREAM], settings.max_backlog)
     yield
     await redis.aclose()
 

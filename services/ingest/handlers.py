@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from services.ingest.errors import ApiError, json_dumps, unavailable
-from services.ingest.keys import SETTINGS, STARTED, STORE, STREAM
+from services.ingest.keys import BACKLOG, SETTINGS, STARTED, STORE, STREAM
 from shared import cursor, validation
 from shared.events import BodyShapeError, events_of
 from shared.exceptions import InvalidCursor
@@ -58,10 +58,16 @@ async def publish(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_event",
                        f"{bad} of {len(events)} events failed validation; none was accepted",
                        details=list(problems))
+    backlog = request.app[BACKLOG]
     try:
+        if not await backlog.admits(len(events)):
+            raise ApiError(503, "backlog_full",
+                           f"the backlog is over MAX_BACKLOG ({settings.max_backlog} events); "
+                           "retry later", headers={"Retry-After": "2"})
         await request.app[STREAM].publish([orjson.dumps(e) for e in events])
     except RedisError as error:
         raise unavailable("broker", error) from None
+    backlog.added(len(events))
     EVENTS_ACCEPTED.inc(len(events))
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     return _json({"accepted": len(events)}, status=202)
