@@ -11,3 +11,4 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "schema" / "event.schema.json"
 SQL_DIR = ROOT / "sql"
+LUA_DIR = ROOT / "shared" / "lua"

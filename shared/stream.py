@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared.constants import EVENT_FIELD, REPLAY_FIELD, received_key
+from shared.events import StreamId
+from shared.paths import LUA_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class Stream:
         self.redis = redis
         self.key = key
         self.group = group
+        self._remove_gone = redis.register_script(
+            (LUA_DIR / "remove_gone_consumers.lua").read_text())
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) unless it exists; harmless when it does.
@@ -133,6 +137,39 @@ class Stream:
             start = "(" + _text(group["last-delivered-id"])
             lag = len(await self.redis.xrange(self.key, min=start, max="+") or [])
         return int(group["pending"]) + int(lag)
+
+    async def trim_settled(self) -> int:
+        """Trim the entries the group has settled, and no other; return how many went.
+
+        Redis 7.0 cannot trim "acked" entries, so the safe MINID is computed from one atomic
+        look at the group: the oldest pending entry if any, else the one after the last
+        delivered. Every entry before it was delivered and acked. Entries delivered after the
+        look only move the boundary forward, so the XTRIM that follows stays safe.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xinfo_groups(self.key)
+        pipe.xpending(self.key, self.group)
+        try:
+            groups, pending = await pipe.execute()
+        except ResponseError:  # no stream or no group yet: nothing to trim
+            return 0
+        group = next((g for g in groups if _text(g["name"]) == self.group), None)
+        if group is None:
+            return 0
+        if pending["pending"]:
+            min_id = _text(pending["min"])
+        else:
+            last = StreamId.parse(group["last-delivered-id"])
+            min_id = str(StreamId(last.ms, last.seq + 1))
+        return int(await self.redis.xtrim(self.key, minid=min_id, approximate=False))
+
+    async def remove_gone_consumers(self, idle_ms: int) -> list[str]:
+        """Remove consumers with nothing pending, idle for longer than `idle_ms`."""
+        try:
+            removed = await self._remove_gone(keys=[self.key], args=[self.group, idle_ms])
+        except ResponseError:  # no stream or no group yet
+            return []
+        return [_text(name) for name in removed]
 
     async def ping(self) -> None:
         await self.redis.ping()

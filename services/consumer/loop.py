@@ -20,6 +20,7 @@ from typing import TypeVar
 from redis.exceptions import RedisError
 
 from services.consumer import poison
+from services.consumer.housekeeping import Housekeeping
 from services.consumer.recovery import Recovery
 from shared.events import Entry, Unreadable
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_PROCESSED
@@ -60,6 +61,7 @@ class Consumer:
         self.stream = stream
         self.store = store
         self.recovery = Recovery(stream, store, self.name, settings)
+        self.housekeeping = Housekeeping(stream, settings)
         self.totals = Totals()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -85,7 +87,9 @@ class Consumer:
             after = own[-1][0]
 
     async def step(self, stop: asyncio.Event) -> None:
-        """One turn of the loop: take over idle entries when due, else read new ones."""
+        """One turn of the loop: upkeep and takeover of idle entries when due, else read."""
+        if self.housekeeping.due():
+            await self._until_done(self.housekeeping.run, stop)
         if self.recovery.due():
             claimed = await self._until_done(self.recovery.claim, stop)
             if claimed:

@@ -1,0 +1,37 @@
+"""Housekeeping: keep the stream and the group from growing without bound.
+
+Every consumer does it now and then; doing it twice at once is harmless. Settled entries are
+trimmed (never one that is pending or not yet delivered), and consumers that are gone (nothing
+pending, idle for CONSUMER_GONE_MS) are removed from the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from shared.settings import Settings
+from shared.stream import Stream
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_S = 10.0
+
+
+class Housekeeping:
+    def __init__(self, stream: Stream, settings: Settings, interval_s: float = INTERVAL_S) -> None:
+        self.stream = stream
+        self.gone_ms = settings.consumer_gone_ms
+        self.interval_s = interval_s
+        self._next = time.monotonic() + interval_s
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
+
+    async def run(self) -> None:
+        self._next = time.monotonic() + self.interval_s
+        trimmed = await self.stream.trim_settled()
+        removed = await self.stream.remove_gone_consumers(self.gone_ms)
+        if trimmed or removed:
+            logger.info("housekeeping", extra={"action": "housekeeping", "trimmed": trimmed,
+                                               "consumers_removed": len(removed)})

@@ -1,0 +1,75 @@
+"""Stream upkeep: trim only settled entries; remove only consumers that are gone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import psycopg
+from redis.asyncio import Redis
+
+from services.consumer.loop import decode
+from shared.settings import Settings
+from shared.store import Store
+from shared.stream import Stream
+from tests.helpers import event, eventually
+from tests.integration.test_consumer import consumer, counts, drained, running
+
+
+async def ids(redis: Redis, settings: Settings) -> list[bytes]:
+    return [raw_id for raw_id, _ in await redis.xrange(settings.stream_key)]
+
+
+async def test_trimming_keeps_every_pending_and_undelivered_entry(
+        settings: Settings, stream: Stream, store: Store, redis: Redis,
+        sql: psycopg.Connection[Any]) -> None:
+    await stream.ensure_group()
+    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(30)])
+    done = await stream.read_new("fast", 10, 10)
+    await store.settle(decode(done)[0])
+    await stream.ack([raw_id for raw_id, _ in done])
+    held = await stream.read_new("slow", 10, 10)  # delivered, not settled
+    everything = await ids(redis, settings)
+
+    assert await stream.trim_settled() == 10
+    assert await ids(redis, settings) == everything[10:]
+    assert [raw_id for raw_id, _ in held] == everything[10:20]
+    assert await stream.pending() == 20
+
+    async with running(consumer(settings, stream, store, "rescuer", claim_idle_ms=50)):
+        await eventually(lambda: drained(stream), what="the rest settled")
+    assert counts(sql) == (30, 0, 30)
+
+
+async def test_a_fully_settled_stream_trims_to_nothing_and_keeps_counting(
+        settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
+    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(25)])
+    async with running(consumer(settings, stream, store, "worker")):
+        await eventually(lambda: drained(stream), what="settled")
+    assert await stream.trim_settled() == 25
+    assert await redis.xlen(settings.stream_key) == 0
+    assert await stream.trim_settled() == 0
+    await stream.publish([orjson.dumps(event(f"f{i}")) for i in range(5)])
+    assert await stream.pending() == 5
+    assert await stream.received() == 30
+
+
+async def test_only_consumers_with_nothing_pending_and_long_idle_are_removed(
+        settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
+    await stream.ensure_group()
+    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(4)])
+    finished = await stream.read_new("finished", 2, 10)
+    await stream.ack([raw_id for raw_id, _ in finished])
+    await stream.read_new("holding", 2, 10)
+
+    assert await stream.remove_gone_consumers(idle_ms=3_600_000) == []
+    await eventually(lambda: _idle_over(redis, settings, "finished", 20), what="idle")
+    assert await stream.remove_gone_consumers(idle_ms=20) == ["finished"]
+    names = [c["name"] for c in await redis.xinfo_consumers(settings.stream_key,
+                                                            settings.consumer_group)]
+    assert names == [b"holding"]
+
+
+async def _idle_over(redis: Redis, settings: Settings, name: str, ms: int) -> bool:
+    consumers = await redis.xinfo_consumers(settings.stream_key, settings.consumer_group)
+    return any(c["name"] == name.encode() and c["idle"] > ms for c in consumers)
