@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, metavar="N",
                         help="seed of the workload; the same seed sends the same bytes "
                              "(default: random)")
+    parser.add_argument("--max-retries", type=int, default=8, metavar="N",
+                        help="retries of a batch answered 5xx or cut off, with backoff "
+                             "(default: %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print the report as one JSON object instead of a table")
 
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         events = workload(args.events, args.duplicates, args.topics, args.seed)
         report = asyncio.run(send(events, url=args.url, batch=args.batch,
-                                  concurrency=args.concurrency, rate=args.rate))
+                                  concurrency=args.concurrency, rate=args.rate,
+                                  max_retries=args.max_retries))
     except ValueError as error:
         print(f"logagg publish: {error}", file=sys.stderr)
         return 2

@@ -37,9 +37,9 @@ class LocalStack:
     """Servers and processes of one local logagg deployment. Use it as a context manager."""
 
     def __init__(self, settings: Settings, data_dir: Path, *, redis_port: int, postgres_port: int,
-                 consumers: int = 3, durable: bool = True) -> None:
+                 consumers: int = 3, durable: bool = True, redis_fsync: str = "everysec") -> None:
         self.data_dir = data_dir.resolve()
-        self.redis = RedisServer(self.data_dir / "redis", port=redis_port)
+        self.redis = RedisServer(self.data_dir / "redis", port=redis_port, appendfsync=redis_fsync)
         self.postgres = PostgresServer(self.data_dir / "postgres", port=postgres_port,
                                        durable=durable)
         self.settings = replace(settings, redis_url=self.redis.url,
@@ -202,6 +202,9 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-port", type=int, default=6380)
     parser.add_argument("--postgres-port", type=int, default=5433)
     parser.add_argument("--consumers", type=int, default=3)
+    parser.add_argument("--redis-fsync", choices=["always", "everysec", "no"], default="everysec",
+                        help="Redis appendfsync: 'always' loses no accepted event even if the "
+                             "machine dies (default: everysec)")
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,7 +219,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
     _exit_on_sigterm()
     return LocalStack(settings, args.data_dir, redis_port=args.redis_port,
-                      postgres_port=args.postgres_port, consumers=args.consumers)
+                      postgres_port=args.postgres_port, consumers=args.consumers,
+                      redis_fsync=args.redis_fsync)
 
 
 def _exit_on_sigterm() -> None:

@@ -12,19 +12,24 @@ from typing import Any
 
 import orjson
 import pytest
+from redis import Redis
 
 from services.stack.local import LocalStack
 from services.stack.servers import free_port
 from shared.settings import Settings
 
 
-@pytest.fixture
-def stack(scratch: Path) -> Iterator[LocalStack]:
+def local_stack(scratch: Path, **options: Any) -> LocalStack:
     settings = Settings.from_env({}, ingest_port=free_port(), metrics_port=0,
                                  claim_idle_ms=1000, batch_size=200)
     folder = Path(tempfile.mkdtemp(dir=scratch))
-    with LocalStack(settings, folder, redis_port=free_port(), postgres_port=free_port(),
-                    durable=False) as running:
+    return LocalStack(settings, folder, redis_port=free_port(), postgres_port=free_port(),
+                      durable=False, **options)
+
+
+@pytest.fixture
+def stack(scratch: Path) -> Iterator[LocalStack]:
+    with local_stack(scratch) as running:
         yield running
 
 
@@ -41,3 +46,10 @@ def start_publish(stack: LocalStack, *args: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "services.cli", "publish", "--url", stack.base_url,
                "--json", *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def held_by(redis: Redis, stack: LocalStack, process: str) -> int:
+    """Entries delivered to that consumer process and not acked yet."""
+    name = stack.consumer_names[process]
+    return len(redis.xpending_range(stack.settings.stream_key, stack.settings.consumer_group,
+                                    min="-", max="+", count=1000, consumername=name))

@@ -12,7 +12,7 @@ import orjson
 from redis import Redis
 
 from services.stack.local import LocalStack
-from tests.acceptance.conftest import publish, start_publish
+from tests.acceptance.conftest import held_by, publish, start_publish
 
 
 def assert_exact(stats: dict[str, Any], *, received: int, unique: int) -> None:
@@ -33,13 +33,6 @@ def test_twenty_thousand_events_with_thirty_percent_duplicates_end_with_exact_co
     assert report["unique_keys"] == 14000
     stats = stack.wait_drained(timeout_s=120)
     assert_exact(stats, received=20000, unique=14000)
-
-
-def held_by(redis: Redis, stack: LocalStack, process: str) -> int:
-    """Entries delivered to that consumer process and not acked yet."""
-    name = stack.consumer_names[process]
-    return len(redis.xpending_range(stack.settings.stream_key, stack.settings.consumer_group,
-                                    min="-", max="+", count=1000, consumername=name))
 
 
 def kill_holding_entries(redis: Redis, stack: LocalStack, victim: str) -> int:
