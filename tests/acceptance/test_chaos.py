@@ -63,6 +63,7 @@ class Chaos:
         self.readyz_during_outage.append(readyz(self.stack))
         time.sleep(1.0)  # an outage of a second: the length of the disruption, not a wait
         self.stack.postgres.start()
+        self.wait_ready_again()
         self.log.append("SIGKILL postgres, restarted after 1 s")
 
     def kill_redis(self) -> None:
@@ -70,7 +71,15 @@ class Chaos:
         self.readyz_during_outage.append(readyz(self.stack))
         time.sleep(1.0)
         self.stack.redis.start()
+        self.wait_ready_again()
         self.log.append("SIGKILL redis, restarted after 1 s")
+
+    def wait_ready_again(self) -> None:
+        """/readyz turns back to 200 once the server is back."""
+        deadline = time.monotonic() + 30
+        while readyz(self.stack) != 200:
+            assert time.monotonic() < deadline, "/readyz did not recover"
+            time.sleep(0.05)
 
     def run_while(self, sender: subprocess.Popen[bytes]) -> None:
         servers = [self.kill_postgres, self.kill_redis]

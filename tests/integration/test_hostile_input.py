@@ -1,0 +1,757 @@
+"""Hostile input, thrown by Hypothesis at every endpoint of the real ingest app (SPEC §3, §4).
+
+The app runs on the session's real Redis and PostgreSQL, so a 5xx can only be a bug. Two
+properties hold for every request:
+
+1. no input produces a 5xx, and every error answer is `{"error", "message", "details"}` JSON;
+2. a 4xx changes no counter (Redis `received`, the stream's length, PostgreSQL's `topic_stats`
+   totals), and a 202 `{"accepted": N}` grows `received` and the stream by exactly N.
+
+Hypothesis does not mix with async function-scoped fixtures, so the app serves from its own event
+loop in a thread (`LiveIngest`) and each example talks to it with a plain `http.client`
+connection, which sends bytes, headers and methods exactly as generated. The requests are always
+well-formed HTTP/1.1: what aiohttp's HTTP parser rejects before the app sees it (bad header
+characters, unknown methods, over-long request lines) is not the app's answer to give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import gzip
+import http.client
+import json
+import math
+import string
+import threading
+import zlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from redis import Redis as SyncRedis
+
+from services.consumer.loop import Consumer
+from services.ingest.app import create_app
+from services.ingest.keys import SETTINGS, STORE, STREAM
+from shared import cursor
+from shared.constants import received_key
+from shared.events import StreamId
+from shared.settings import Settings
+
+# Small limits, so that 413s (body size and batch length) are reached by cheap examples.
+MAX_BODY_BYTES = 16 * 1024
+MAX_BATCH_EVENTS = 8
+# aiohttp's parser refuses request lines over 8190 bytes before the app sees them.
+MAX_TARGET = 8000
+
+examples = hypothesis_settings(
+    max_examples=150, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                           HealthCheck.data_too_large])
+
+
+# ----------------------------------------------------------------------------------------------
+# The app, live on a port, and what we measure around each request
+
+
+class LiveIngest:
+    """The real ingest app, served by an AppRunner on 127.0.0.1 from an event loop in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.port = 0
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="live-ingest")
+
+    def __enter__(self) -> LiveIngest:
+        self._thread.start()
+        if not self._ready.wait(timeout=60):
+            raise RuntimeError("the ingest app did not start within 60 s")
+        if self._failure is not None:
+            self._thread.join()
+            raise RuntimeError("the ingest app failed to start") from self._failure
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive(), "the ingest app did not stop within 60 s"
+        if self._failure is not None:
+            raise RuntimeError("the ingest app failed while stopping") from self._failure
+
+    def call(self, job: Callable[[web.Application], Awaitable[Any]]) -> Any:
+        """Run `job(app)` on the app's own loop and return its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(job(self.app), self._loop).result(timeout=60)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:
+            self._failure = error
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+@dataclasses.dataclass(frozen=True)
+class Counters:
+    received: int
+    stream_length: int
+    unique_processed: int
+    duplicate_dropped: int
+    dead_lettered: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+    def describe(self) -> str:
+        return f"{self.status} {self.content_type} {self.body[:500]!r}"
+
+
+@dataclasses.dataclass
+class Ingest:
+    """The live app plus synchronous clients of its Redis and PostgreSQL."""
+
+    live: LiveIngest
+    redis: SyncRedis
+    sql: psycopg.Connection[Any]
+
+    def __repr__(self) -> str:
+        return f"Ingest(port={self.live.port}, stream={self.settings.stream_key!r})"
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.settings
+
+    def counters(self) -> Counters:
+        key = self.settings.stream_key
+        row = self.sql.execute(
+            "SELECT coalesce(sum(unique_processed), 0), coalesce(sum(duplicate_dropped), 0),"
+            " coalesce(sum(dead_lettered), 0) FROM topic_stats").fetchone()
+        assert row is not None
+        return Counters(received=int(self.redis.get(received_key(key)) or 0),
+                        stream_length=int(self.redis.xlen(key)),
+                        unique_processed=int(row[0]), duplicate_dropped=int(row[1]),
+                        dead_lettered=int(row[2]))
+
+    def send(self, method: str, target: str, *, headers: Sequence[tuple[str, bytes]] = (),
+             body: bytes | None = None, chunked: bool = False, host: bytes | None = None
+             ) -> Answer:
+        """One request on a fresh connection, exactly as given: no header is added but Host
+        (unless `host` replaces it) and the body's framing (Content-Length or chunked)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.live.port, timeout=60)
+        try:
+            connection.putrequest(method, target, skip_host=host is not None,
+                                  skip_accept_encoding=True)
+            if host is not None:
+                connection.putheader("Host", host)
+            for name, value in headers:
+                connection.putheader(name, value)
+            if body is None:
+                connection.endheaders()
+            elif chunked:
+                connection.putheader("Transfer-Encoding", "chunked")
+                connection.endheaders(iter([body]) if body else iter(()), encode_chunked=True)
+            else:
+                connection.putheader("Content-Length", str(len(body)))
+                connection.endheaders(body)
+            response = connection.getresponse()
+            return Answer(response.status, response.getheader("Content-Type", ""),
+                          response.read())
+        finally:
+            connection.close()
+
+    def exchange(self, method: str, target: str, **request: Any) -> Answer:
+        """Send a request and check both properties around it; return the answer."""
+        before = self.counters()
+        answer = self.send(method, target, **request)
+        after = self.counters()
+        # Two lines, so that Hypothesis reports a crash and a misplaced 503 as distinct bugs.
+        assert answer.status != 500, f"{method} {target} -> {answer.describe()}"
+        assert answer.status < 500, f"{method} {target} -> {answer.describe()}"
+        if answer.status >= 400 and method != "HEAD":
+            assert_error_body(answer)
+        if answer.status == 202:
+            accepted = json.loads(answer.body)["accepted"]
+            assert isinstance(accepted, int) and accepted >= 1, answer.describe()
+            assert after == dataclasses.replace(
+                before, received=before.received + accepted,
+                stream_length=before.stream_length + accepted), answer.describe()
+        else:
+            assert after == before, f"{method} {target} -> {answer.describe()}"
+        return answer
+
+
+def assert_error_body(answer: Answer) -> None:
+    media_type = answer.content_type.split(";")[0].strip()
+    assert media_type == "application/json", f"not JSON: {answer.describe()}"
+    body = json.loads(answer.body)
+    assert isinstance(body, dict) and set(body) == {"error", "message", "details"}, \
+        answer.describe()
+    assert isinstance(body["error"], str) and body["error"], answer.describe()
+    assert isinstance(body["message"], str), answer.describe()
+    assert isinstance(body["details"], list), answer.describe()
+
+
+@pytest.fixture
+def ingest(settings: Settings) -> Iterator[Ingest]:
+    small = dataclasses.replace(settings, max_body_bytes=MAX_BODY_BYTES,
+                                max_batch_events=MAX_BATCH_EVENTS)
+    with LiveIngest(small) as live, SyncRedis.from_url(settings.redis_url) as redis, \
+            psycopg.connect(settings.database_url, autocommit=True) as sql:
+        yield Ingest(live, redis, sql)
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON, events and almost-events
+
+
+class Raw:
+    """JSON text spliced as is into the encoded body (deep nesting, duplicate keys, 1e400...)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"Raw({self.text[:80]!r}{'...' if len(self.text) > 80 else ''})"
+
+
+def to_json(value: Any, ascii_only: bool = True) -> str:
+    """JSON text, with NaN/Infinity literals and lone surrogates written as `\\udXXX` escapes
+    (when `ascii_only`), which a strict parser must refuse."""
+    if isinstance(value, Raw):
+        return value.text
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{to_json(str(k), ascii_only)}:{to_json(v, ascii_only)}"
+                              for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(to_json(v, ascii_only) for v in value) + "]"
+    return json.dumps(value, allow_nan=True, ensure_ascii=ascii_only)
+
+
+def encode(value: Any, ascii_only: bool = True) -> bytes:
+    # Without `ascii_only` a lone surrogate goes out as its 3 raw bytes: invalid UTF-8.
+    return to_json(value, ascii_only).encode("utf-8", "surrogatepass")
+
+
+FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
+NAME_FIELDS = ("topic", "event_id", "source")
+
+lone_surrogates = st.integers(0xD800, 0xDFFF).map(chr)
+surrogate_text = st.tuples(st.text(max_size=5), lone_surrogates, st.text(max_size=5)).map(
+    "".join)
+odd_text = st.text(st.characters(categories=["Cc", "Cf", "Co", "Zl", "Zp", "Zs", "Mn", "So",
+                                             "Lo"]), min_size=1, max_size=30)
+texts = st.text(max_size=30) | odd_text | surrogate_text
+huge_ints = st.sampled_from([2**63 - 1, 2**63, -(2**63) - 1, 2**64, -(2**64), 10**40, 10**400])
+json_leaves = (st.none() | st.booleans() | st.integers() | huge_ints
+               | st.floats(allow_nan=True, allow_infinity=True) | texts)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(texts, inner, max_size=5),
+    max_leaves=20)
+
+finite_leaves = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30))
+finite_json = st.recursive(
+    finite_leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+payloads = st.dictionaries(st.text(max_size=15), finite_json, max_size=5)
+names = st.text(min_size=1, max_size=24) | st.text(min_size=255, max_size=255)
+
+
+def rfc3339(moment: datetime, offset_minutes: int | None) -> str:
+    if offset_minutes is None:
+        return moment.isoformat() + "Z"
+    return moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes))).isoformat()
+
+
+timestamps = st.builds(rfc3339, st.datetimes(),
+                       st.none() | st.integers(-(24 * 60 - 1), 24 * 60 - 1))
+valid_events = st.fixed_dictionaries({
+    "topic": names, "event_id": names, "timestamp": timestamps, "source": names,
+    "payload": payloads})
+
+weird_timestamps = st.sampled_from([
+    "", "yesterday", "now", "2026-11-25", "10:00:00Z", "2026-11-25T10:00:00",
+    "2026-11-25 10:00:00", "2026-11-25T10:00Z", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
+    "2026-11-25T24:00:00Z", "2026-11-25T23:59:60Z", "2026-11-25T23:59:61Z",
+    "2026-11-25T10:00:00+24:00", "2026-11-25T10:00:00+05", "2026-11-25T10:00:00.Z",
+    "0000-01-01T00:00:00Z", "9999-12-31T23:59:59-23:59", "10000-01-01T00:00:00Z",
+    "-0001-01-01T00:00:00Z", "2026-11-25T10:00:00.123456789123456789Z", "2026-11-25t10:00:00z",
+    "\uff12\uff10\uff12\uff16-\uff11\uff11-\uff12\uff15T10:00:00Z",
+    "2026-11-25T10:00:00Z\n", " 2026-11-25T10:00:00Z",
+    "2026-11-25T10:00:00\x00Z", "1e10", "2026-W48-3T10:00:00Z", "2026-329T10:00:00Z",
+]) | st.text(alphabet="0123456789-:TZtz+. ", max_size=30) | texts
+
+
+def nested(depth: int, brackets: bool) -> Raw:
+    if brackets:
+        return Raw('{"deep":' + "[" * depth + "]" * depth + "}")
+    return Raw('{"deep":' + '{"a":' * depth + "{}" + "}" * depth + "}")
+
+
+def not_of_type(kind: type) -> st.SearchStrategy[Any]:
+    return json_values.filter(lambda value: not isinstance(value, kind))
+
+
+MUTATIONS = ("wrong_type", "too_long", "empty", "missing", "extra", "weird_timestamp",
+             "odd_characters", "lone_surrogate", "deep_payload", "non_finite", "huge_number",
+             "duplicate_key", "not_an_object")
+
+
+@st.composite
+def almost_valid_events(draw: st.DrawFn) -> Any:
+    """A valid event with one thing wrong, or odd but maybe still valid (control characters)."""
+    event: dict[str, Any] = dict(draw(valid_events))
+    mutation = draw(st.sampled_from(MUTATIONS))
+    if mutation == "wrong_type":
+        field = draw(st.sampled_from(FIELDS))
+        event[field] = draw(not_of_type(dict if field == "payload" else str))
+    elif mutation == "too_long":
+        event[draw(st.sampled_from(NAME_FIELDS))] = draw(st.text(min_size=256, max_size=300))
+    elif mutation == "empty":
+        event[draw(st.sampled_from(FIELDS))] = draw(st.sampled_from(["", {}, [], None]))
+    elif mutation == "missing":
+        del event[draw(st.sampled_from(FIELDS))]
+    elif mutation == "extra":
+        event[draw(texts.filter(lambda name: name not in FIELDS))] = draw(json_values)
+    elif mutation == "weird_timestamp":
+        event["timestamp"] = draw(weird_timestamps)
+    elif mutation == "odd_characters":
+        event[draw(st.sampled_from((*NAME_FIELDS, "timestamp")))] = draw(odd_text)
+    elif mutation == "lone_surrogate":
+        field = draw(st.sampled_from(FIELDS))
+        if field == "payload":
+            event["payload"] = {draw(surrogate_text): draw(surrogate_text)}
+        else:
+            event[field] = draw(surrogate_text)
+    elif mutation == "deep_payload":
+        event["payload"] = nested(draw(st.integers(1, 1100)), draw(st.booleans()))
+    elif mutation == "non_finite":
+        event["payload"] = {"x": draw(st.sampled_from([math.nan, math.inf, -math.inf]))}
+    elif mutation == "huge_number":
+        number = draw(st.sampled_from(["1e400", "-1e400", "1" * 400, "-" + "9" * 30,
+                                       "18446744073709551616", "0.000000001e-400", "1E+309"]))
+        event["payload"] = Raw('{"n":' + number + "}")
+    elif mutation == "duplicate_key":
+        field = draw(st.sampled_from(FIELDS))
+        twice = to_json(field) + ":" + to_json(draw(json_values))
+        return Raw("{" + twice + "," + to_json(event)[1:])
+    else:  # not_an_object
+        return draw(json_values.filter(lambda value: not isinstance(value, dict)))
+    return event
+
+
+event_likes = valid_events | almost_valid_events() | json_values
+batches = st.lists(event_likes, max_size=MAX_BATCH_EVENTS + 3)
+publish_bodies = st.one_of(
+    event_likes,
+    batches,
+    batches.map(lambda events: {"events": events}),
+    st.tuples(batches, st.dictionaries(texts.filter(lambda k: k != "events"), json_values,
+                                       min_size=1, max_size=2)
+              ).map(lambda pair: {"events": pair[0], **pair[1]}),
+    json_values.map(lambda value: {"events": value}),
+)
+
+# ----------------------------------------------------------------------------------------------
+# Headers, paths and query strings (always well-formed HTTP)
+
+TOKEN_CHARS = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
+FIELD_VALUE_BYTES = bytes(range(0x21, 0x7F)) + b" \t" + bytes(range(0x80, 0x100))
+# Framing and connection headers are the client's business: generating them only breaks HTTP.
+FRAMING = {"content-length", "transfer-encoding", "host", "connection", "upgrade",
+           "content-encoding"}
+
+field_values = st.binary(max_size=80).map(
+    lambda raw: bytes(FIELD_VALUE_BYTES[b % len(FIELD_VALUE_BYTES)] for b in raw).strip())
+header_names = st.sampled_from([
+    "Accept", "Accept-Encoding", "Accept-Charset", "Authorization", "Cookie", "Expect",
+    "If-None-Match", "If-Modified-Since", "Range", "Origin", "Referer", "User-Agent",
+    "X-Forwarded-For", "X-Forwarded-Proto", "X-Request-Id", "Forwarded", "TE", "Via",
+    "Content-Type", "Content-Language", "Content-Range", "Content-MD5", "Trailer",
+]) | st.text(TOKEN_CHARS, min_size=1, max_size=30).filter(lambda n: n.lower() not in FRAMING)
+headers = st.lists(st.tuples(header_names, field_values), max_size=6)
+hosts = st.none() | st.sampled_from([b"", b"localhost", b"[::1]:80", b"example.com:99999",
+                                     b"a..b", b"%00", b"user@host", b"h:-1"]) | field_values
+
+json_content_types = st.sampled_from([
+    "application/json", "application/json; charset=utf-8", "application/json;charset=UTF-8",
+    "Application/JSON", "application/json ; charset=latin-1", "application/json; charset=utf-16",
+    "application/json;", "application/json; =x; a", 'application/json; charset="',
+    "application/json; boundary=x; charset=utf-8; q=0.5", "application/json\t",
+])
+NOT_JSON_CONTENT_TYPES = (
+    "", ";", "text/plain", "text/json", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", "application/jsonx", "application/json+x",
+    "application/ld+json", "application/*", "*/*", "json", "application/json, text/plain",
+    "application /json", 'application/json"', "application",
+)
+other_content_types = st.sampled_from(NOT_JSON_CONTENT_TYPES) | field_values.map(
+    lambda raw: raw.decode("latin-1"))
+content_types = st.none() | json_content_types | other_content_types
+
+UNRESERVED = string.ascii_letters + string.digits + "-._~"
+QUERY_CHARS = UNRESERVED + "!$'()*+,;:@/?%="  # includes '%', so malformed escapes appear too
+PATH_CHARS = UNRESERVED + "!$&'()*+,;=:@%"
+
+percent_encoded = st.text(max_size=40).map(lambda text: quote(text, safe=""))
+garbage_escapes = st.lists(st.sampled_from(["%", "%z", "%zz", "%0", "%00", "%ff", "%ED%A0%80",
+                                            "%C0%80", "%e2%82", "%25", "%2F", "%26", "%3D"]),
+                           min_size=1, max_size=4).map("".join)
+path_segments = (percent_encoded | st.text(PATH_CHARS, max_size=20) | garbage_escapes
+                 | st.sampled_from(["", ".", "..", "%2e%2e", "publish", "events", "stats"]))
+paths = st.sampled_from([
+    "/", "/publish", "/events", "/stats", "/healthz", "/readyz", "/metrics", "/publish/",
+    "//publish", "/PUBLISH", "/events/../stats", "/%2e%2e/stats", "/publish%00", "/publish;x",
+    "/static/..%2f..%2fetc/passwd", "/healthz?", "/healthz#x", "/metrics?name[]=1",
+    "http://127.0.0.1/healthz", "http://evil.example/stats",
+]) | st.lists(path_segments, max_size=6).map(lambda segments: "/" + "/".join(segments))
+
+
+def percent_encoded_text(raw: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return raw.map(lambda text: quote(text, safe=""))
+
+
+raw_query_text = st.text(QUERY_CHARS, max_size=40) | garbage_escapes
+
+
+unicode_digits = st.text(st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=5)
+limit_values = (st.integers(-10, 2000).map(str) | unicode_digits | st.sampled_from([
+    "", "0", "1", "100", "1000", "1001", "01", "0001000", "+5", " 5", "5 ", "1e3", "0x10",
+    "1_000", "10.0", "-0", "٣", "²", "¹⁰", "\U0001d7d3", "Ⅻ", "⑩", "9" * 30, "1" * 5000]))
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+cursors = st.builds(lambda ms, seq: cursor.encode(StreamId(ms, seq)),
+                    st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1))
+after_values = (
+    cursors
+    | st.sampled_from(["", "=", "====", "djE6", "v1:1-1", "djE6MS0x", "djE6MS0x===",
+                       "djE6LTEtMQ", "djI6MS0x", "djE6MS0x\n", "djE6MS0x!"])
+    | st.builds(lambda ms, seq: b64(f"v1:{ms}-{seq}"),
+                st.integers(2**63 - 2, 2**65), st.integers(-5, 2**65))
+    | st.text(max_size=40).map(lambda text: b64("v1:" + text))
+    | st.text(max_size=40).map(b64)
+    | st.text(max_size=40))
+topic_values = (st.text(max_size=40) | st.text(min_size=254, max_size=257)
+                | st.sampled_from(["auth", "billing", "\x00", "a\x00b", "%", "*", "'", "\\"]))
+long_values = st.text(QUERY_CHARS, min_size=1000, max_size=1200)
+other_keys = st.sampled_from([
+    "", "Topic", "LIMIT", "topic[]", "after ", "sort", "offset", "cursor", "topic\x00",
+]) | st.text(max_size=12)
+any_values = st.text(max_size=40) | topic_values | limit_values | after_values
+
+
+def known_key(name: str, values: st.SearchStrategy[str]) -> st.SearchStrategy[tuple[str, str]]:
+    return st.tuples(st.just(name), percent_encoded_text(values) | raw_query_text)
+
+
+events_pairs = st.one_of(
+    known_key("topic", topic_values), known_key("limit", limit_values),
+    known_key("after", after_values),
+    st.tuples(percent_encoded_text(other_keys) | raw_query_text,
+              percent_encoded_text(any_values) | raw_query_text | long_values))
+any_pairs = events_pairs | st.tuples(
+    percent_encoded_text(st.text(max_size=12)) | raw_query_text,
+    percent_encoded_text(st.text(max_size=40)) | raw_query_text | long_values)
+
+
+@st.composite
+def query_strings(draw: st.DrawFn, pairs: st.SearchStrategy[tuple[str, str]]) -> str:
+    """`?k=v&...`: repeated keys, keys without `=`, empty pairs and raw garbage included."""
+    parts = []
+    for _ in range(draw(st.integers(0, 5))):
+        key, value = draw(pairs)
+        shape = draw(st.sampled_from(["k=v", "k=v", "k=v", "k=v", "k", "k=", "", "k=v=w"]))
+        parts.append({"k=v": f"{key}={value}", "k": key, "k=": f"{key}=", "": "",
+                      "k=v=w": f"{key}={value}={value}"}[shape])
+    if not parts:
+        return draw(st.sampled_from(["", "?", "?&", "?="]))
+    separator = draw(st.sampled_from(["&", "&", "&", ";", "&&"]))
+    return draw(st.sampled_from(["", "?"])) + separator.join(parts)
+
+
+def with_query(path: str, query: str) -> str:
+    if not query:
+        return path
+    return path + (query if query.startswith("?") else "?" + query)
+
+
+# ----------------------------------------------------------------------------------------------
+# POST /publish
+
+
+def padded(body: bytes, padding: str) -> bytes:
+    """Whitespace keeps JSON JSON: pad to exactly the body limit, or one byte over it."""
+    if padding == "to_limit":
+        return body + b" " * max(0, MAX_BODY_BYTES - len(body))
+    if padding == "over_limit":
+        return body + b" " * max(1, MAX_BODY_BYTES + 1 - len(body))
+    return body
+
+
+paddings = st.sampled_from(["none"] * 8 + ["to_limit", "over_limit"])
+PUBLISH_STATUSES = {202, 400, 413, 415, 422}
+
+
+def publish(ingest: Ingest, body: bytes, content_type: str | None, chunked: bool,
+            extra: Sequence[tuple[str, bytes]] = ()) -> Answer:
+    sent = [("Content-Type", content_type.encode("latin-1"))] if content_type is not None else []
+    answer = ingest.exchange("POST", "/publish", headers=[*sent, *extra], body=body,
+                             chunked=chunked)
+    assert answer.status in PUBLISH_STATUSES, answer.describe()
+    if answer.status == 422:
+        problems = json.loads(answer.body)["details"]
+        assert problems and all(set(p) == {"index", "path", "message"} for p in problems), \
+            answer.describe()
+    return answer
+
+
+@examples
+@given(body=st.binary(max_size=2000), padding=paddings,
+       content_type=json_content_types | content_types, chunked=st.booleans())
+def test_no_arbitrary_bytes_body_to_publish_produces_a_5xx(
+        ingest: Ingest, body: bytes, padding: str, content_type: str | None,
+        chunked: bool) -> None:
+    publish(ingest, padded(body, padding), content_type, chunked)
+
+
+@examples
+@given(value=json_values, ascii_only=st.booleans(), padding=paddings,
+       content_type=json_content_types, chunked=st.booleans())
+def test_no_arbitrary_json_value_published_produces_a_5xx(
+        ingest: Ingest, value: Any, ascii_only: bool, padding: str, content_type: str,
+        chunked: bool) -> None:
+    publish(ingest, padded(encode(value, ascii_only), padding), content_type, chunked)
+
+
+@examples
+@given(body=publish_bodies, ascii_only=st.booleans(), padding=paddings,
+       content_type=json_content_types, chunked=st.booleans())
+def test_no_almost_valid_event_batch_produces_a_5xx_or_a_count_without_a_202(
+        ingest: Ingest, body: Any, ascii_only: bool, padding: str, content_type: str,
+        chunked: bool) -> None:
+    publish(ingest, padded(encode(body, ascii_only), padding), content_type, chunked)
+
+
+@examples
+@given(events=st.lists(valid_events, min_size=1, max_size=MAX_BATCH_EVENTS),
+       shape=st.sampled_from(["single", "array", "envelope"]), ascii_only=st.booleans(),
+       padding=paddings, content_type=json_content_types, chunked=st.booleans())
+def test_valid_events_are_accepted_and_counted_exactly_once_each(
+        ingest: Ingest, events: list[dict[str, Any]], shape: str, ascii_only: bool,
+        padding: str, content_type: str, chunked: bool) -> None:
+    if shape == "single":
+        events = events[:1]
+    body: Any = events[0] if shape == "single" else events if shape == "array" \
+        else {"events": events}
+    raw = padded(encode(body, ascii_only), padding)
+    answer = publish(ingest, raw, content_type, chunked)
+    if len(raw) > MAX_BODY_BYTES:
+        assert answer.status == 413, answer.describe()
+    else:
+        assert answer.status == 202, answer.describe()
+        assert json.loads(answer.body) == {"accepted": len(events)}
+
+
+@examples
+@given(content_type=content_types, body=st.one_of(
+    st.lists(valid_events, min_size=1, max_size=2).map(encode), publish_bodies.map(encode)),
+       chunked=st.booleans())
+def test_no_content_type_produces_a_5xx_and_only_json_is_accepted(
+        ingest: Ingest, content_type: str | None, body: bytes, chunked: bool) -> None:
+    answer = publish(ingest, body, content_type, chunked)
+    if content_type is None or content_type in NOT_JSON_CONTENT_TYPES:
+        assert answer.status == 415, answer.describe()
+
+
+@examples
+@given(events=st.lists(valid_events | almost_valid_events(), min_size=1, max_size=3),
+       encoding=st.sampled_from(["identity", "gzip", "gzip-of-nothing", "deflate", "plain"]),
+       chunked=st.booleans())
+def test_no_content_encoding_produces_a_5xx(
+        ingest: Ingest, events: list[Any], encoding: str, chunked: bool) -> None:
+    """`Content-Encoding` is decoded by aiohttp before the handler reads the body; a body that
+    does not decode is the client's fault. (`plain` sends a body that claims gzip but is not.)"""
+    raw = encode(events)
+    body, header = {
+        "identity": (raw, b"identity"),
+        "gzip": (gzip.compress(raw), b"gzip"),
+        "gzip-of-nothing": (gzip.compress(b""), b"gzip"),
+        "deflate": (zlib.compress(raw), b"deflate"),
+        "plain": (raw, b"gzip"),
+    }[encoding]
+    publish(ingest, body, "application/json", chunked, [("Content-Encoding", header)])
+
+
+# ----------------------------------------------------------------------------------------------
+# GET /events
+
+
+SEEDED_TOPICS = ("auth", "billing", "ünïcødé")
+
+
+async def consume_everything(app: web.Application) -> None:
+    """What one turn of the real consumer does with every new entry: settle it (isolating the
+    ones the store refuses, which stay pending to be dead-lettered later) and ack."""
+    settings, stream, store = app[SETTINGS], app[STREAM], app[STORE]
+    consumer = Consumer(settings, stream, store)
+    await stream.ensure_group()
+    # Block for at most 1 ms when the stream has nothing new: the batch is already there.
+    while batch := await stream.read_new(consumer.name, 1000, 1):
+        await consumer.handle(batch, asyncio.Event())
+
+
+async def seed_stored_events(app: web.Application) -> None:
+    """A few stored events, so that pages, cursors and rows are really read and serialized."""
+    events = [{"topic": SEEDED_TOPICS[i % 3], "event_id": f"e-{i}",
+               "timestamp": ["2026-11-25T10:00:00Z", "1970-01-01T00:00:00.000001+14:00",
+                             "2999-12-31T23:59:59.999999-12:00"][i % 3],
+               "source": "svc\x01\u2028", "payload": {"i": i, "nested": {"deep": [[[i]]]},
+                                                       "big": 2**64 - 1, "text": "\x01é"}}
+              for i in range(12)]
+    await app[STREAM].publish([json.dumps(event).encode() for event in events])
+    await consume_everything(app)
+
+
+@pytest.fixture
+def seeded(ingest: Ingest) -> Ingest:
+    ingest.live.call(seed_stored_events)
+    assert ingest.counters().unique_processed == 12
+    return ingest
+
+
+@examples
+@given(query=query_strings(events_pairs))
+def test_no_events_query_string_produces_a_5xx(seeded: Ingest, query: str) -> None:
+    target = with_query("/events", query)
+    assume(len(target) <= MAX_TARGET)
+    answer = seeded.exchange("GET", target)
+    if answer.status == 200:
+        page = json.loads(answer.body)
+        assert set(page) == {"events", "next"}, answer.describe()
+        assert page["next"] is None or isinstance(page["next"], str), answer.describe()
+
+
+@examples
+@given(topic=st.sampled_from([None, *SEEDED_TOPICS]), limit=st.integers(1, 13),
+       start=st.integers(0, 12))
+def test_following_next_cursors_pages_through_the_stored_events_without_a_5xx(
+        seeded: Ingest, topic: str | None, limit: int, start: int) -> None:
+    """The well-formed side of /events: pages chained by `next` cover the rows exactly once."""
+    seen: list[str] = []
+    after: str | None = None
+    for _ in range(20):
+        params = {"limit": str(limit)}
+        if topic is not None:
+            params["topic"] = topic
+        if after is not None:
+            params["after"] = after
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+        answer = seeded.exchange("GET", f"/events?{query}")
+        assert answer.status == 200, answer.describe()
+        page = json.loads(answer.body)
+        seen += [event["event_id"] for event in page["events"]]
+        after = page["next"]
+        if after is None:
+            break
+    expected = [f"e-{i}" for i in range(12) if topic is None or SEEDED_TOPICS[i % 3] == topic]
+    assert seen == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# The other read endpoints, and any method on any path
+
+
+@examples
+@given(path=st.sampled_from(["/stats", "/healthz", "/readyz", "/metrics"]),
+       query=query_strings(any_pairs),
+       extra=headers, host=hosts, method=st.sampled_from(["GET", "GET", "GET", "HEAD"]))
+def test_no_query_string_or_header_on_the_read_endpoints_produces_a_5xx(
+        ingest: Ingest, path: str, query: str, extra: list[tuple[str, bytes]],
+        host: bytes | None, method: str) -> None:
+    target = with_query(path, query)
+    assume(len(target) <= MAX_TARGET)
+    answer = ingest.exchange(method, target, headers=extra, host=host)
+    if method == "GET" and answer.status == 200 and path != "/metrics":
+        assert isinstance(json.loads(answer.body), dict), answer.describe()
+
+
+@examples
+@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
+                               "TRACE"]),
+       path=paths, query=query_strings(any_pairs),
+       extra=headers,
+       body=st.none() | st.binary(max_size=200) | valid_events.map(encode) | publish_bodies.map(
+           encode),
+       content_type=content_types)
+def test_no_method_on_any_path_produces_a_5xx(
+        ingest: Ingest, method: str, path: str, query: str, extra: list[tuple[str, bytes]],
+        body: bytes | None, content_type: str | None) -> None:
+    target = with_query(path, query)
+    assume(len(target) <= MAX_TARGET)
+    sent = [("Content-Type", content_type.encode("latin-1"))] if content_type is not None else []
+    ingest.exchange(method, target, headers=[*sent, *extra], body=body)
+
+
+def position_cursor(ingest: Ingest) -> str:
+    """The `after` cursor of the stream's last entry: a listing from it shows only what is
+    stored after this point, whatever earlier examples left in the store."""
+    last = ingest.redis.xrevrange(ingest.settings.stream_key, count=1)
+    return cursor.encode(StreamId.parse(last[0][0]) if last else StreamId(0, 0))
+
+
+@examples
+@given(events=st.lists(valid_events, min_size=1, max_size=3), topic=st.none() | names)
+def test_no_accepted_and_stored_event_makes_the_events_listing_a_5xx(
+        ingest: Ingest, events: list[dict[str, Any]], topic: str | None) -> None:
+    """Whatever the ingest accepts and the consumer stores, the read API can list."""
+    after = position_cursor(ingest)
+    published = ingest.exchange("POST", "/publish", body=encode(events),
+                                headers=[("Content-Type", b"application/json")])
+    assume(published.status == 202)  # a body over MAX_BODY_BYTES is another test's business
+    ingest.live.call(consume_everything)
+    for wanted in {topic, events[0]["topic"], None}:
+        query = f"after={after}&limit=1000"
+        if wanted is not None:
+            query += f"&topic={quote(wanted, safe='')}"
+        answer = ingest.exchange("GET", f"/events?{query}")
+        assert answer.status == 200, answer.describe()
