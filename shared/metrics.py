@@ -1,11 +1,16 @@
-"""Every Prometheus metric logagg exports, declared once. Names end in `_total` or `_seconds`.
+"""Every Prometheus metric logagg exports, declared once. Names end in their unit: `_total`,
+`_seconds` or `_entries`; label sets are fixed.
 
 Each process registers into the default registry and exposes only what it touches.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.stream import GroupState
 
 # ingest
 HTTP_REQUESTS = Counter(
@@ -19,12 +24,32 @@ PUBLISH_SECONDS = Histogram(
 
 # consumer
 EVENTS_PROCESSED = Counter(
-    "logagg_events_processed_total", "Stream entries settled, by result.", ["result"])
-ENTRIES_CLAIMED = Counter(
-    "logagg_entries_claimed_total", "Entries taken over from idle consumers (XAUTOCLAIM).")
+    "logagg_events_processed_total",
+    "Stream entries settled, by result: unique, duplicate, redelivered (settled before, so "
+    "counted nowhere) or dead_lettered.", ["result"])
+REDELIVERIES = Counter(
+    "logagg_redeliveries_total",
+    "Entries delivered again: claimed from an idle consumer, or resumed by a restarted one.",
+    ["how"])
 BATCH_SECONDS = Histogram(
     "logagg_batch_seconds", "Time to settle one batch: transaction and XACK.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
-BATCH_SIZE = Histogram(
-    "logagg_batch_size", "Entries per settled batch.",
+BATCH_ENTRIES = Histogram(
+    "logagg_batch_entries", "Entries per settled batch.",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
+
+# the consumer group, as ingest and every consumer see it (XINFO GROUPS, XPENDING)
+STREAM_PENDING = Gauge(
+    "logagg_stream_pending_entries", "Entries delivered to a consumer and not acked yet.")
+STREAM_LAG = Gauge(
+    "logagg_stream_lag_entries", "Entries in the stream not delivered to the group yet.")
+OLDEST_PENDING_AGE = Gauge(
+    "logagg_oldest_pending_age_seconds",
+    "Time since the oldest pending entry was appended; 0 when nothing is pending.")
+
+
+def record_group_state(state: GroupState) -> None:
+    STREAM_PENDING.set(state.pending)
+    STREAM_LAG.set(state.lag)
+    oldest = state.oldest_pending
+    OLDEST_PENDING_AGE.set(max(0.0, time.time() - oldest.ms / 1000) if oldest else 0.0)

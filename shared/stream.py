@@ -23,6 +23,15 @@ RawEntry = tuple[bytes, dict[bytes, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
+class GroupState:
+    exists: bool
+    pending: int  # delivered to a consumer, not acked
+    lag: int  # not delivered yet
+    oldest_pending: StreamId | None = None
+    last_delivered: StreamId | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """One XAUTOCLAIM page: the entries taken over, the ids that no longer exist, where to go on."""
 
@@ -119,49 +128,48 @@ class Stream:
     async def received(self) -> int:
         return int(await self.redis.get(received_key(self.key)) or 0)
 
-    async def pending(self) -> int:
-        """Accepted entries the group has not settled: delivered but not acked, plus not delivered.
-
-        Before the group exists nothing was delivered, so every entry in the stream is pending.
-        """
-        try:
-            groups = await self.redis.xinfo_groups(self.key)
-        except ResponseError:  # no such key: nothing was ever published
-            return 0
-        group = next((g for g in groups if _text(g["name"]) == self.group), None)
-        if group is None:
-            return int(await self.redis.xlen(self.key))
-        lag = group.get("lag")
-        if lag is None:
-            # Redis cannot tell the lag (entries deleted inside the undelivered range): count it.
-            start = "(" + _text(group["last-delivered-id"])
-            lag = len(await self.redis.xrange(self.key, min=start, max="+") or [])
-        return int(group["pending"]) + int(lag)
-
-    async def trim_settled(self) -> int:
-        """Trim the entries the group has settled, and no other; return how many went.
-
-        Redis 7.0 cannot trim "acked" entries, so the safe MINID is computed from one atomic
-        look at the group: the oldest pending entry if any, else the one after the last
-        delivered. Every entry before it was delivered and acked. Entries delivered after the
-        look only move the boundary forward, so the XTRIM that follows stays safe.
-        """
+    async def group_state(self) -> GroupState:
+        """The group's state in one atomic look (MULTI: XINFO GROUPS + XPENDING summary)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.xinfo_groups(self.key)
         pipe.xpending(self.key, self.group)
         try:
-            groups, pending = await pipe.execute()
-        except ResponseError:  # no stream or no group yet: nothing to trim
+            groups, summary = await pipe.execute()
+        except ResponseError:
+            # No stream (nothing was ever published), or no group yet: then nothing was
+            # delivered, and every entry in the stream is waiting.
+            return GroupState(exists=False, pending=0, lag=int(await self.redis.xlen(self.key)))
+        group = next(g for g in groups if _text(g["name"]) == self.group)
+        last_delivered = StreamId.parse(group["last-delivered-id"])
+        lag = group.get("lag")
+        if lag is None:
+            # Redis cannot tell the lag (entries deleted inside the undelivered range): count it.
+            start = f"({last_delivered}"
+            lag = len(await self.redis.xrange(self.key, min=start, max="+") or [])
+        oldest = StreamId.parse(summary["min"]) if summary["pending"] else None
+        return GroupState(exists=True, pending=int(summary["pending"]), lag=int(lag),
+                          oldest_pending=oldest, last_delivered=last_delivered)
+
+    async def pending(self) -> int:
+        """Accepted entries the group has not settled: delivered but not acked, plus not
+        delivered yet."""
+        state = await self.group_state()
+        return state.pending + state.lag
+
+    async def trim_settled(self) -> int:
+        """Trim the entries the group has settled, and no other; return how many went.
+
+        Redis 7.0 cannot trim "acked" entries, so the safe MINID comes from one atomic look at
+        the group: the oldest pending entry if any, else the one after the last delivered.
+        Every entry before it was delivered and acked. Entries delivered after the look only
+        move the boundary forward, so the XTRIM that follows stays safe.
+        """
+        state = await self.group_state()
+        if state.last_delivered is None:
             return 0
-        group = next((g for g in groups if _text(g["name"]) == self.group), None)
-        if group is None:
-            return 0
-        if pending["pending"]:
-            min_id = _text(pending["min"])
-        else:
-            last = StreamId.parse(group["last-delivered-id"])
-            min_id = str(StreamId(last.ms, last.seq + 1))
-        return int(await self.redis.xtrim(self.key, minid=min_id, approximate=False))
+        last = state.last_delivered
+        min_id = state.oldest_pending or StreamId(last.ms, last.seq + 1)
+        return int(await self.redis.xtrim(self.key, minid=str(min_id), approximate=False))
 
     async def remove_gone_consumers(self, idle_ms: int) -> list[str]:
         """Remove consumers with nothing pending, idle for longer than `idle_ms`."""

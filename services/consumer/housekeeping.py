@@ -1,8 +1,9 @@
-"""Housekeeping: keep the stream and the group from growing without bound.
+"""Housekeeping: keep the stream and the group from growing without bound, and report them.
 
 Every consumer does it now and then; doing it twice at once is harmless. Settled entries are
-trimmed (never one that is pending or not yet delivered), and consumers that are gone (nothing
-pending, idle for CONSUMER_GONE_MS) are removed from the group.
+trimmed (never one that is pending or not yet delivered), consumers that are gone (nothing
+pending, idle for CONSUMER_GONE_MS) are removed from the group, and the group's gauges (pending,
+lag, age of the oldest pending entry) are refreshed.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
+from shared.metrics import record_group_state
 from shared.settings import Settings
 from shared.stream import Stream
 
 logger = logging.getLogger(__name__)
 
-INTERVAL_S = 10.0
+INTERVAL_S = 5.0
 
 
 class Housekeeping:
@@ -30,6 +32,7 @@ class Housekeeping:
 
     async def run(self) -> None:
         self._next = time.monotonic() + self.interval_s
+        record_group_state(await self.stream.group_state())
         trimmed = await self.stream.trim_settled()
         removed = await self.stream.remove_gone_consumers(self.gone_ms)
         if trimmed or removed:

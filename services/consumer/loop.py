@@ -23,7 +23,7 @@ from services.consumer import poison
 from services.consumer.housekeeping import Housekeeping
 from services.consumer.recovery import Recovery
 from shared.events import Entry, Unreadable
-from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_PROCESSED
+from shared.metrics import BATCH_ENTRIES, BATCH_SECONDS, EVENTS_PROCESSED, REDELIVERIES
 from shared.settings import Settings
 from shared.store import Failure, Settled, Store
 from shared.stream import RawEntry, Stream
@@ -83,6 +83,7 @@ class Consumer:
                 self.stream.read_own_pending, self.name, self.settings.batch_size, after), stop)
             if not own:
                 return
+            REDELIVERIES.labels(how="resumed").inc(len(own))
             await self.handle(own, stop)
             after = own[-1][0]
 
@@ -133,7 +134,7 @@ class Consumer:
         for result, count in (("unique", unique), ("duplicate", duplicate),
                               ("redelivered", redelivered), ("dead_lettered", given_up.new)):
             EVENTS_PROCESSED.labels(result=result).inc(count)
-        BATCH_SIZE.observe(size)
+        BATCH_ENTRIES.observe(size)
         BATCH_SECONDS.observe(seconds)
         logger.info("batch settled", extra={
             "action": "batch_settled", "entries": size, "unique": unique,

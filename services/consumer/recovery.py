@@ -12,7 +12,7 @@ import time
 
 from services.consumer import poison
 from shared.events import StreamId
-from shared.metrics import ENTRIES_CLAIMED
+from shared.metrics import REDELIVERIES
 from shared.settings import Settings
 from shared.store import Failure, Store
 from shared.stream import RawEntry, Stream
@@ -49,7 +49,7 @@ class Recovery:
         if claimed.deleted:
             await self.account_vanished(claimed.deleted)
         if claimed.entries:
-            ENTRIES_CLAIMED.inc(len(claimed.entries))
+            REDELIVERIES.labels(how="claimed").inc(len(claimed.entries))
             logger.info("claimed idle entries", extra={
                 "action": "entries_claimed", "count": len(claimed.entries),
                 "first": claimed.entries[0][0].decode()})
