@@ -10,5 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "schema" / "event.schema.json"
+OPENAPI_FILE = ROOT / "schema" / "openapi.json"
+STATIC_DIR = ROOT / "services" / "ingest" / "static"
 SQL_DIR = ROOT / "sql"
 LUA_DIR = ROOT / "shared" / "lua"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from shared import cursor, validation
 from shared.events import BodyShapeError, events_of
 from shared.exceptions import InvalidCursor
 from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS, record_group_state
+from shared.paths import OPENAPI_FILE, STATIC_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -164,3 +166,18 @@ async def metrics(request: web.Request) -> web.Response:
     with contextlib.suppress(RedisError):
         record_group_state(await request.app[STREAM].group_state())
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API, `schema/openapi.json`."""
+    return web.Response(body=OPENAPI_FILE.read_bytes(), content_type="application/json")
+
+
+def page(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler serving one self-contained HTML page from `static/` (no build step)."""
+    body = (STATIC_DIR / name).read_bytes()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/html", charset="utf-8")
+
+    return serve

@@ -14,3 +14,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/openapi.json", handlers.openapi)
+    app.router.add_get("/docs", handlers.page("docs.html"))
+    app.router.add_get("/", handlers.page("dashboard.html"))
