@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(log_level=args.log_level)
-        logsetup.configure(settings.log_level)
+        logsetup.configure(settings.log_level, settings.log_format)
         code: int = args.run(settings, args)
         return code
     except LogaggError as error:

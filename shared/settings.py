@@ -35,6 +35,7 @@ class Settings:
     max_batch_events: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024
     log_level: str = "INFO"
+    log_format: str = "auto"  # json | text | auto (text on a terminal, JSON lines otherwise)
     # Beyond SPEC §1: backpressure and stream upkeep.
     max_backlog: int = 500_000  # entries pending or undelivered before ingest answers 503; 0: off
     consumer_gone_ms: int = 3_600_000  # idle time after which a consumer with nothing pending
@@ -76,6 +77,9 @@ class Settings:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigurationError(f"{name.upper()} must be a TCP port, "
                                          f"got {getattr(self, name)}")
+        if self.log_format not in {"auto", "json", "text"}:
+            raise ConfigurationError(
+                f"LOG_FORMAT must be auto, json or text, got {self.log_format!r}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigurationError(
                 f"LOG_LEVEL must be a logging level name, got {self.log_level!r}")

@@ -24,24 +24,30 @@ from shared.sql import queries
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """What settling entries changed: counts per topic. Redeliveries appear nowhere; `revived`
-    counts replayed dead letters, which also appear as unique or duplicate."""
+    """What settling entries decided: the positions stored as the first copy of their key, and
+    those counted as duplicates. Any other entry settled was a redelivery and counted nothing.
+    `revived` counts replayed dead letters per topic (they are also unique or duplicate)."""
 
-    unique: Counter[str] = field(default_factory=Counter)
-    duplicate: Counter[str] = field(default_factory=Counter)
+    unique: frozenset[StreamId] = frozenset()
+    duplicate: frozenset[StreamId] = frozenset()
     revived: Counter[str] = field(default_factory=Counter)
 
     def __add__(self, other: Settled) -> Settled:
-        return Settled(self.unique + other.unique, self.duplicate + other.duplicate,
+        return Settled(self.unique | other.unique, self.duplicate | other.duplicate,
                        self.revived + other.revived)
 
     @property
     def unique_total(self) -> int:
-        return sum(self.unique.values())
+        return len(self.unique)
 
     @property
     def duplicate_total(self) -> int:
-        return sum(self.duplicate.values())
+        return len(self.duplicate)
+
+    def result(self, position: StreamId) -> str:
+        if position in self.unique:
+            return "unique"
+        return "duplicate" if position in self.duplicate else "redelivered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,17 +181,17 @@ class Store:
             "payloads": [e.payload.decode() for e in entries],
             "stream_ms": stream_ms, "stream_seq": stream_seq,
         })
-        unique_topics = [row[0] for row in await cursor.fetchall()]
+        inserted = await cursor.fetchall()
         cursor = await conn.execute(self._sql["count_batch"], {
             "topics": topics, "event_ids": event_ids,
             "stream_ms": stream_ms, "stream_seq": stream_seq,
-            "unique_topics": unique_topics, "revived_topics": revived,
+            "unique_topics": [topic for topic, _, _ in inserted], "revived_topics": revived,
         })
-        deltas = await cursor.fetchall()
+        duplicates = await cursor.fetchall()
         return Settled(
-            unique=Counter({topic: u for topic, u, _, _ in deltas if u}),
-            duplicate=Counter({topic: d for topic, _, d, _ in deltas if d}),
-            revived=Counter({topic: r for topic, _, _, r in deltas if r}),
+            unique=frozenset(StreamId(ms, seq) for _, ms, seq in inserted),
+            duplicate=frozenset(StreamId(ms, seq) for ms, seq in duplicates),
+            revived=Counter(revived),
         )
 
     async def dead_letter(self, failures: Sequence[Failure]) -> int:

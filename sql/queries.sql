@@ -22,7 +22,8 @@ RETURNING topic, stream_ms, stream_seq;
 -- An entry whose key is stored under another stream position is a duplicate, counted once:
 -- a redelivered duplicate entry finds its ledger row and adds nothing. An entry whose key is
 -- stored under its own position is the stored copy (just inserted, or a redelivery of it).
--- The counters move in the same transaction as the rows they count.
+-- The counters move in the same transaction as the rows they count. Returns the positions
+-- counted as duplicates.
 WITH batch AS (
     SELECT *
     FROM unnest(%(topics)s::text[], %(event_ids)s::text[], %(stream_ms)s::bigint[],
@@ -35,7 +36,7 @@ WITH batch AS (
     WHERE (e.stream_ms, e.stream_seq) <> (b.stream_ms, b.stream_seq)
     ORDER BY b.stream_ms, b.stream_seq
     ON CONFLICT ON CONSTRAINT duplicate_entries_pkey DO NOTHING
-    RETURNING topic
+    RETURNING topic, stream_ms, stream_seq
 ), deltas AS (
     SELECT topic, sum(u)::bigint AS unique_processed, sum(d)::bigint AS duplicate_dropped,
            sum(r)::bigint AS revived
@@ -56,7 +57,7 @@ WITH batch AS (
         duplicate_dropped = s.duplicate_dropped + excluded.duplicate_dropped,
         dead_lettered = s.dead_lettered + excluded.dead_lettered
 )
-SELECT topic, unique_processed, duplicate_dropped, revived FROM deltas;
+SELECT stream_ms, stream_seq FROM duplicates;
 
 -- name: revive_dead_letters
 -- Entries that replay a dead letter take it back from the dead, once: a second replay of the

@@ -117,6 +117,8 @@ class Consumer:
         # Committed: from here on a lost ack costs only a harmless redelivery.
         done = [e.raw_id for e in outcome.settled_entries] + given_up.ids
         await self._until_done(lambda: self.stream.ack(done), stop)
+        if logger.isEnabledFor(logging.DEBUG):
+            trace(outcome.settled_entries, outcome.settled)
         self._account(len(raw), outcome.settled, given_up, len(failures),
                       time.perf_counter() - started)
 
@@ -170,6 +172,15 @@ class Consumer:
                 "claimed": t.claimed, "dead_lettered": t.dead_lettered,
                 "left_pending": t.left_pending,
                 "seconds": round(time.monotonic() - t.started, 1)}
+
+
+def trace(entries: Sequence[Entry], settled: Settled) -> None:
+    """One DEBUG line per settled entry: which key, which stream entry, what was decided."""
+    for entry in entries:
+        logger.debug("entry settled", extra={
+            "action": "entry_settled", "result": settled.result(entry.id), "id": str(entry.id),
+            "topic": entry.topic, "event_id": entry.event_id,
+            "replay_of": str(entry.replay_of) if entry.replay_of else None})
 
 
 def decode(raw: Sequence[RawEntry]) -> tuple[list[Entry], list[Unreadable]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
 import orjson
@@ -16,7 +15,6 @@ import orjson
 from services.publisher import simulator
 from services.publisher.sender import send
 from services.publisher.simulator import workload
-from shared.logging import configure
 
 DEFAULT_TOPICS = ",".join(simulator.DEFAULT_TOPICS)
 
@@ -86,14 +84,3 @@ def _topics(text: str) -> list[str]:
         raise argparse.ArgumentTypeError("needs at least one topic")
     return topics
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="logagg publish", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    configure(os.environ.get("LOG_LEVEL", "INFO"))
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

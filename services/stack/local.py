@@ -120,6 +120,8 @@ class LocalStack:
             "STREAM_KEY": s.stream_key, "CONSUMER_GROUP": s.consumer_group,
             "BATCH_SIZE": str(s.batch_size), "CLAIM_IDLE_MS": str(s.claim_idle_ms),
             "MAX_DELIVERIES": str(s.max_deliveries), "LOG_LEVEL": s.log_level,
+            "LOG_FORMAT": s.log_format, "MAX_BACKLOG": str(s.max_backlog),
+            "CONSUMER_GONE_MS": str(s.consumer_gone_ms),
             "MAX_BATCH_EVENTS": str(s.max_batch_events), "MAX_BODY_BYTES": str(s.max_body_bytes),
         })
         env.update(extra)

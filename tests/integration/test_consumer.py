@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import pytest
 
 from services.consumer.loop import Consumer, decode
 from shared.events import Entry, StreamId
@@ -186,3 +188,22 @@ async def test_the_group_is_created_once_when_many_consumers_start_together(
     await asyncio.gather(*(stream.ensure_group() for _ in range(10)))
     groups = await redis.xinfo_groups(settings.stream_key)
     assert [g["name"] for g in groups] == [settings.consumer_group.encode()]
+
+
+async def test_every_decision_is_traceable_at_debug(
+        settings: Settings, stream: Stream, store: Store,
+        caplog: pytest.LogCaptureFixture) -> None:
+    await stream.ensure_group()
+    await publish(stream, [event("k1"), event("k1"), event("k2", topic="billing")])
+    doomed = await stream.read_new("doomed", 10, 10)
+    await store.settle(decode(doomed)[0])  # committed, never acked: all three come back
+    caplog.set_level(logging.DEBUG, logger="services.consumer.loop")
+    async with running(consumer(settings, stream, store, "rescuer", claim_idle_ms=50)):
+        await eventually(lambda: drained(stream), what="redelivered and settled")
+    await publish(stream, [event("k1"), event("k3")])
+    async with running(consumer(settings, stream, store, "worker")):
+        await eventually(lambda: drained(stream), what="settled")
+    traced = [(r.event_id, r.result) for r in caplog.records  # type: ignore[attr-defined]
+              if getattr(r, "action", None) == "entry_settled"]
+    assert traced == [("k1", "redelivered"), ("k1", "redelivered"), ("k2", "redelivered"),
+                      ("k1", "duplicate"), ("k3", "unique")]

@@ -34,6 +34,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
 EXTRA_DEFAULTS: dict[str, Any] = {
     "max_backlog": 500_000,
     "consumer_gone_ms": 3_600_000,
+    "log_format": "auto",
 }
 DEFAULTS = {**SPEC_DEFAULTS, **EXTRA_DEFAULTS}
 
@@ -61,6 +62,7 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "log_level": ("DEBUG", "DEBUG"),
     "max_backlog": ("1000", 1000),
     "consumer_gone_ms": ("60000", 60000),
+    "log_format": ("json", "json"),
 }
 
 
@@ -162,8 +164,8 @@ def test_an_unknown_log_level_is_a_configuration_error_naming_it(level: str) -> 
 def test_a_keyword_override_wins_over_the_environment(name: str) -> None:
     raw, parsed = OTHER_VALUES[name]
     override = f"{parsed}-override" if isinstance(parsed, str) else parsed + 1
-    if name == "log_level":
-        override = "ERROR"
+    # Fields that take one of a few words get another valid word.
+    override = {"log_level": "ERROR", "log_format": "text"}.get(name, override)
     settings = Settings.from_env({name.upper(): raw}, **{name: override})
     assert getattr(settings, name) == override
 
@@ -247,3 +249,8 @@ def test_max_backlog_zero_means_no_limit_and_a_negative_one_is_an_error() -> Non
     assert Settings.from_env({"MAX_BACKLOG": "0"}).max_backlog == 0
     with pytest.raises(ConfigurationError, match="MAX_BACKLOG"):
         Settings.from_env({"MAX_BACKLOG": "-1"})
+
+
+def test_an_unknown_log_format_is_a_configuration_error_naming_it() -> None:
+    with pytest.raises(ConfigurationError, match="LOG_FORMAT"):
+        Settings.from_env({"LOG_FORMAT": "xml"})
