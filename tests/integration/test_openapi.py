@@ -1,0 +1,473 @@
+"""`schema/openapi.json` against the implementation: the routes, every status each route answers,
+the shape of every body, the request schema, and the pages that serve the document.
+
+Each scenario below drives the real app (real Redis and PostgreSQL, or an unreachable one) to one
+documented status of one route and validates what comes back against the document. Together the
+scenarios must produce every documented status of every route, so the document can neither
+promise a status the server never sends nor miss one that it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import OpenAPIV31SpecValidator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from services.consumer.loop import decode
+from services.ingest.app import create_app
+from services.stack.servers import free_port
+from shared.paths import OPENAPI_FILE, SCHEMA_FILE, STATIC_DIR
+from shared.settings import Settings
+from shared.store import Store
+from shared.stream import Stream
+from tests.helpers import event
+
+Client = TestClient[Any, Any]
+
+DOCUMENT: dict[str, Any] = orjson.loads(OPENAPI_FILE.read_bytes())
+DOCUMENT_URI = "urn:logagg:openapi"
+REGISTRY: Registry[Any] = Registry().with_resource(
+    DOCUMENT_URI, DRAFT202012.create_resource(DOCUMENT))
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+# -- reading the document ------------------------------------------------------------------------
+
+def pointer(*parts: str) -> str:
+    """RFC 6901 JSON Pointer to a place in the document."""
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def validator(*parts: str) -> Draft202012Validator:
+    """A validator for the schema at `parts` of the document, its `$ref`s resolved in it."""
+    return Draft202012Validator({"$ref": f"{DOCUMENT_URI}#{pointer(*parts)}"},
+                                registry=REGISTRY,
+                                format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def resolve(node: dict[str, Any]) -> dict[str, Any]:
+    """`node`, or what its local `$ref` (`#/components/...`) names."""
+    while "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), ref
+        node = DOCUMENT
+        for part in ref[2:].split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in DOCUMENT["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield method.upper(), path, operation
+
+
+def documented_statuses() -> set[tuple[str, str, int]]:
+    return {(method, path, int(status))
+            for method, path, operation in operations() for status in operation["responses"]}
+
+
+def documented_response(method: str, path: str, status: int) -> dict[str, Any]:
+    responses = DOCUMENT["paths"][path][method.lower()]["responses"]
+    assert str(status) in responses, f"{method} {path} answered {status}, which is not documented"
+    return resolve(responses[str(status)])
+
+
+def schemas_in(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object of the document that declares a type, at any depth."""
+    if isinstance(node, dict):
+        if "type" in node:
+            yield node
+        for value in node.values():
+            yield from schemas_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from schemas_in(value)
+
+
+# -- the scenarios -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class World:
+    client: Client
+    stream: Stream
+    store: Store
+
+
+Send = Callable[[World], Awaitable[ClientResponse]]
+Variant = Callable[[Settings], Settings]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    method: str
+    path: str
+    status: int
+    send: Send
+    variant: Variant | None = None  # settings of the app under test; None: the `client` fixture
+    error: str | None = None  # the error code the answer must carry
+    retry_after: str | None = None
+    check: Callable[[Any], bool] | None = None  # more to expect of the JSON body
+
+
+def redis_down(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+
+
+def postgres_down(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/logagg")
+
+
+def both_down(settings: Settings) -> Settings:
+    return postgres_down(redis_down(settings))
+
+
+def limits(**changes: Any) -> Variant:
+    return lambda settings: dataclasses.replace(settings, **changes)
+
+
+async def post(client: Client, body: Any, content_type: str = "application/json"
+               ) -> ClientResponse:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await client.post("/publish", data=data, headers={"Content-Type": content_type})
+
+
+def publish(body: Any, content_type: str = "application/json") -> Send:
+    return lambda world: post(world.client, body, content_type)
+
+
+def get(path: str, params: Any = None) -> Send:
+    return lambda world: world.client.get(path, params=params)
+
+
+async def store_events(world: World, *events: dict[str, Any]) -> None:
+    """Publish `events` through the API and settle them as a consumer would."""
+    assert (await post(world.client, list(events))).status == 202
+    await world.stream.ensure_group()
+    entries, unreadable = decode(await world.stream.read_new("c", 100, 100))
+    assert len(entries) == len(events) and not unreadable
+    await world.store.settle(entries)
+
+
+THREE = (event("e0", topic="auth"), event("e1", topic="billing"), event("e2", topic="auth"))
+
+
+async def a_full_page(world: World) -> ClientResponse:
+    await store_events(world, *THREE)
+    return await world.client.get("/events", params={"limit": "2"})
+
+
+async def the_last_page(world: World) -> ClientResponse:
+    first = await a_full_page(world)
+    cursor = (await first.json())["next"]
+    return await world.client.get("/events", params={"limit": "2", "after": cursor})
+
+
+async def one_topic(world: World) -> ClientResponse:
+    await store_events(world, *THREE)
+    return await world.client.get("/events", params={"topic": "auth"})
+
+
+async def counters_with_topics(world: World) -> ClientResponse:
+    await store_events(world, *THREE, event("e0", topic="auth"))
+    return await world.client.get("/stats")
+
+
+async def a_full_backlog(world: World) -> ClientResponse:
+    assert (await publish([event(f"a{i}") for i in range(8)])(world)).status == 202
+    return await publish([event(f"b{i}") for i in range(3)])(world)
+
+
+async def a_streamed_body_over_the_limit(world: World) -> ClientResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield orjson.dumps(event(payload={"blob": "x" * 2000}))
+    return await world.client.post("/publish", data=chunks(),
+                                   headers={"Content-Type": "application/json"})
+
+
+def ids_of(body: Any) -> list[str]:
+    return [e["event_id"] for e in body["events"]]
+
+
+SCENARIOS = [
+    # POST /publish
+    Scenario("publish one event", "POST", "/publish", 202, publish(event())),
+    Scenario("publish an array", "POST", "/publish", 202, publish([event("1"), event("2")]),
+             check=lambda body: body == {"accepted": 2}),
+    Scenario("publish an envelope", "POST", "/publish", 202,
+             publish({"events": [event("1"), event("2")]})),
+    Scenario("publish with a charset", "POST", "/publish", 202,
+             publish(event(), "application/json; charset=utf-8")),
+    Scenario("publish while postgresql is down", "POST", "/publish", 202, publish(event()),
+             variant=postgres_down),
+    Scenario("publish malformed json", "POST", "/publish", 400, publish(b'{"topic": "a",'),
+             error="invalid_json"),
+    Scenario("publish a NaN literal", "POST", "/publish", 400,
+             publish(orjson.dumps(event()).replace(b'"info"', b"NaN")),
+             error="invalid_json"),
+    Scenario("publish an empty array", "POST", "/publish", 400, publish([]),
+             error="invalid_body"),
+    Scenario("publish a string", "POST", "/publish", 400, publish("text"), error="invalid_body"),
+    Scenario("publish an envelope with another field", "POST", "/publish", 400,
+             publish({"events": [event()], "extra": 1}), error="invalid_body"),
+    Scenario("publish too many events", "POST", "/publish", 413,
+             publish([event(str(i)) for i in range(4)]), variant=limits(max_batch_events=3),
+             error="too_many_events"),
+    Scenario("publish a body over the limit", "POST", "/publish", 413,
+             publish(event(payload={"blob": "x" * 2000})), variant=limits(max_body_bytes=1000),
+             error="body_too_large"),
+    Scenario("publish a streamed body over the limit", "POST", "/publish", 413,
+             a_streamed_body_over_the_limit, variant=limits(max_body_bytes=1000),
+             error="body_too_large"),
+    Scenario("publish plain text", "POST", "/publish", 415, publish(event(), "text/plain"),
+             error="unsupported_media_type"),
+    Scenario("publish an octet stream", "POST", "/publish", 415,
+             publish(event(), "application/octet-stream"), error="unsupported_media_type"),
+    Scenario("publish schema violations", "POST", "/publish", 422,
+             publish([event("ok"), event("t", timestamp="yesterday"), event("p", payload=[1]),
+                      event("x", extra=True), 42, {"topic": "auth"}, event("y" * 256)]),
+             error="invalid_event",
+             check=lambda body: {p["index"] for p in body["details"]} == {1, 2, 3, 4, 5, 6}),
+    Scenario("publish while redis is down", "POST", "/publish", 503, publish(event()),
+             variant=redis_down, error="broker_unavailable", retry_after="1"),
+    Scenario("publish over the backlog limit", "POST", "/publish", 503, a_full_backlog,
+             variant=limits(max_backlog=10), error="backlog_full", retry_after="2"),
+    # GET /events
+    Scenario("events, a full page", "GET", "/events", 200, a_full_page,
+             check=lambda body: ids_of(body) == ["e0", "e1"] and body["next"] is not None),
+    Scenario("events, the last page", "GET", "/events", 200, the_last_page,
+             check=lambda body: ids_of(body) == ["e2"] and body["next"] is None),
+    Scenario("events of one topic", "GET", "/events", 200, one_topic,
+             check=lambda body: ids_of(body) == ["e0", "e2"]),
+    Scenario("events of an empty store", "GET", "/events", 200, get("/events"),
+             check=lambda body: body == {"events": [], "next": None}),
+    Scenario("events with a limit too large", "GET", "/events", 400,
+             get("/events", {"limit": "1001"}), error="invalid_parameter"),
+    Scenario("events with a limit that is not a number", "GET", "/events", 400,
+             get("/events", {"limit": "ten"}), error="invalid_parameter"),
+    Scenario("events after a bad cursor", "GET", "/events", 400,
+             get("/events", {"after": "not-a-cursor"}), error="invalid_parameter"),
+    Scenario("events of an empty topic", "GET", "/events", 400, get("/events", {"topic": ""}),
+             error="invalid_parameter"),
+    Scenario("events with an unknown parameter", "GET", "/events", 400,
+             get("/events", {"sort": "desc"}), error="invalid_parameter"),
+    Scenario("events with a repeated parameter", "GET", "/events", 400,
+             get("/events", [("limit", "1"), ("limit", "2")]), error="invalid_parameter"),
+    Scenario("events while postgresql is down", "GET", "/events", 503, get("/events"),
+             variant=postgres_down, error="store_unavailable", retry_after="1"),
+    # GET /stats
+    Scenario("stats", "GET", "/stats", 200, counters_with_topics,
+             check=lambda body: body["received"] == 4 and set(body["topics"]) == {
+                 "auth", "billing"}),
+    Scenario("stats while redis is down", "GET", "/stats", 503, get("/stats"),
+             variant=redis_down, error="broker_unavailable", retry_after="1"),
+    Scenario("stats while postgresql is down", "GET", "/stats", 503, get("/stats"),
+             variant=postgres_down, error="store_unavailable", retry_after="1"),
+    # the operational and page routes
+    Scenario("healthz", "GET", "/healthz", 200, get("/healthz")),
+    Scenario("healthz while redis and postgresql are down", "GET", "/healthz", 200,
+             get("/healthz"), variant=both_down),
+    Scenario("readyz", "GET", "/readyz", 200, get("/readyz"),
+             check=lambda body: body == {"status": "ready",
+                                         "checks": {"redis": "ok", "postgres": "ok"}}),
+    Scenario("readyz while postgresql is down", "GET", "/readyz", 503, get("/readyz"),
+             variant=postgres_down,
+             check=lambda body: body["checks"]["postgres"].startswith("unavailable")),
+    Scenario("readyz while redis is down", "GET", "/readyz", 503, get("/readyz"),
+             variant=redis_down,
+             check=lambda body: body["checks"]["redis"].startswith("unavailable")),
+    Scenario("metrics", "GET", "/metrics", 200, get("/metrics")),
+    Scenario("metrics while redis is down", "GET", "/metrics", 200, get("/metrics"),
+             variant=redis_down),
+    Scenario("the openapi document", "GET", "/openapi.json", 200, get("/openapi.json")),
+    Scenario("the docs page", "GET", "/docs", 200, get("/docs")),
+    Scenario("the dashboard", "GET", "/", 200, get("/")),
+]
+
+
+@asynccontextmanager
+async def app_of(scenario: Scenario, client: Client, settings: Settings) -> AsyncIterator[Client]:
+    if scenario.variant is None:
+        yield client
+        return
+    async with TestClient(TestServer(create_app(scenario.variant(settings)))) as other:
+        yield other
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    assert DOCUMENT["openapi"] == "3.1.0"
+    OpenAPIV31SpecValidator(DOCUMENT).validate()
+
+
+def test_the_event_schema_of_the_document_is_schema_event_schema_json() -> None:
+    event_schema = orjson.loads(SCHEMA_FILE.read_bytes())
+    del event_schema["$schema"], event_schema["$id"]
+    assert DOCUMENT["components"]["schemas"]["Event"] == event_schema
+
+
+def test_the_document_has_exactly_the_routes_of_the_app() -> None:
+    app = create_app(Settings.from_env({}))
+    routes = {(route.method, route.resource.canonical)
+              for route in app.router.routes()
+              if route.method != "HEAD" and route.resource is not None}
+    assert {(method, path) for method, path, _ in operations()} == routes
+
+
+def test_every_error_response_uses_the_one_error_schema() -> None:
+    error = DOCUMENT["components"]["schemas"]["Error"]
+    assert error["additionalProperties"] is False
+    assert set(error["required"]) == set(error["properties"]) == {"error", "message", "details"}
+    for method, path, operation in operations():
+        for status, response in operation["responses"].items():
+            if int(status) < 400:
+                continue
+            schema = resolve(response)["content"]["application/json"]["schema"]
+            if (method, path, status) == ("GET", "/readyz", "503"):
+                # Not ready is an answer, not an error: the same body as 200, naming the checks.
+                assert schema == {"$ref": "#/components/schemas/Readiness"}
+            else:
+                assert schema == ERROR_REF or schema["allOf"][0] == ERROR_REF, (
+                    method, path, status)
+
+
+def test_every_object_schema_is_closed_and_requires_each_of_its_properties() -> None:
+    checked = 0
+    for schema in schemas_in([DOCUMENT["components"]["schemas"], DOCUMENT["paths"]]):
+        if schema["type"] == "object" and "properties" in schema:
+            assert schema.get("additionalProperties") is False, schema
+            assert set(schema["required"]) == set(schema["properties"]), schema
+            checked += 1
+    assert checked >= 10
+
+
+def test_the_scenarios_produce_every_documented_status_of_every_route() -> None:
+    produced = {(s.method, s.path, s.status) for s in SCENARIOS}
+    assert produced == documented_statuses()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+async def test_each_answer_has_a_documented_status_content_type_headers_and_body(
+        scenario: Scenario, client: Client, settings: Settings, stream: Stream,
+        store: Store) -> None:
+    async with app_of(scenario, client, settings) as app:
+        answer = await scenario.send(World(app, stream, store))
+        raw = await answer.read()
+    assert answer.status == scenario.status, raw
+    response = documented_response(scenario.method, scenario.path, answer.status)
+
+    assert answer.content_type in response["content"]
+    for name, header in response.get("headers", {}).items():
+        header = resolve(header)
+        if header.get("required"):
+            assert name in answer.headers
+        if name in answer.headers:
+            assert header["schema"]["type"] == "integer"
+            Draft202012Validator(header["schema"]).validate(int(answer.headers[name]))
+    if scenario.retry_after is not None:
+        assert answer.headers["Retry-After"] == scenario.retry_after
+
+    if answer.content_type != "application/json":
+        assert raw
+        return
+    body = orjson.loads(raw)
+    schema_at = ("paths", scenario.path, scenario.method.lower(), "responses",
+                 str(answer.status), "content", "application/json", "schema")
+    validator(*schema_at).validate(body)
+    if scenario.error is not None:
+        assert body["error"] == scenario.error
+    if scenario.check is not None:
+        assert scenario.check(body), body
+
+
+@pytest.mark.parametrize(("method", "path", "status", "error"), [
+    ("GET", "/nope", 404, "not_found"),
+    ("GET", "/publish", 405, "method_not_allowed"),
+    ("DELETE", "/events", 405, "method_not_allowed"),
+], ids=["an unknown path", "get on publish", "delete on events"])
+async def test_unknown_routes_and_methods_answer_with_the_error_schema(
+        client: Client, method: str, path: str, status: int, error: str) -> None:
+    # Not operations of the document, so not in its paths: its description names them.
+    answer = await client.request(method, path)
+    body = await answer.json()
+    assert answer.status == status
+    validator("components", "schemas", "Error").validate(body)
+    assert body["error"] == error
+    assert f"{status} `{error}`" in DOCUMENT["info"]["description"]
+
+
+VALID_BODIES = {
+    "one event": event(),
+    "an array": [event("1"), event("2", topic="billing")],
+    "an envelope": {"events": [event("1")]},
+    "an offset timestamp and an empty payload": event(timestamp="2026-11-25T11:00:00+01:00",
+                                                      payload={}),
+    "names of 255 characters": event("e" * 255, topic="t" * 255, source="s" * 255),
+}
+INVALID_BODIES = {
+    "an empty array": [],
+    "an empty envelope": {"events": []},
+    "an envelope with another field": {"events": [event()], "extra": 1},
+    "a string": "text",
+    "a number in an array": [42],
+    "an unknown field": event(extra=True),
+    "a missing field": {k: v for k, v in event().items() if k != "source"},
+    "a timestamp without an offset": event(timestamp="2026-11-25T10:00:00"),
+    "a timestamp that is not one": event(timestamp="yesterday"),
+    "a payload that is not an object": event(payload=[1]),
+    "an empty topic": event(topic=""),
+    "an event id of 256 characters": event("e" * 256),
+    "a bad event in an envelope": {"events": [event(), event(source=7)]},
+}
+
+
+@pytest.mark.parametrize("body", VALID_BODIES.values(), ids=VALID_BODIES.keys())
+async def test_the_request_schema_and_the_server_accept_valid_publish_bodies(
+        client: Client, body: Any) -> None:
+    schema = validator("paths", "/publish", "post", "requestBody", "content",
+                       "application/json", "schema")
+    assert schema.is_valid(body)
+    assert (await post(client, body)).status == 202
+
+
+@pytest.mark.parametrize("body", INVALID_BODIES.values(), ids=INVALID_BODIES.keys())
+async def test_the_request_schema_and_the_server_reject_invalid_publish_bodies(
+        client: Client, body: Any) -> None:
+    schema = validator("paths", "/publish", "post", "requestBody", "content",
+                       "application/json", "schema")
+    assert not schema.is_valid(body)
+    assert (await post(client, body)).status in {400, 422}
+
+
+async def test_openapi_json_serves_the_file_byte_for_byte_as_json(client: Client) -> None:
+    answer = await client.get("/openapi.json")
+    assert answer.status == 200
+    assert answer.content_type == "application/json"
+    assert await answer.read() == OPENAPI_FILE.read_bytes()
+
+
+async def test_the_docs_page_is_html_that_reads_openapi_json_and_needs_no_network(
+        client: Client) -> None:
+    answer = await client.get("/docs")
+    html = await answer.text()
+    assert answer.status == 200
+    assert answer.content_type == "text/html"
+    assert html == (STATIC_DIR / "docs.html").read_text()
+    assert "/openapi.json" in html
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html
