@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -125,7 +126,9 @@ class StoredEvent:
     event_id: str
     timestamp: datetime
     source: str
-    payload: dict[str, Any]
+    # As PostgreSQL wrote it, passed through to the answer unparsed: exact for numbers beyond
+    # 64 bits, which orjson could not write back.
+    payload: orjson.Fragment
     position: StreamId
 
     def as_json(self) -> dict[str, Any]:
@@ -249,7 +252,7 @@ class Store:
         return [
             StoredEvent(
                 topic=row["topic"], event_id=row["event_id"], timestamp=row["timestamp"],
-                source=row["source"], payload=row["payload"],
+                source=row["source"], payload=orjson.Fragment(row["payload"]),
                 position=StreamId(row["stream_ms"], row["stream_seq"]),
             )
             for row in rows

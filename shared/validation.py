@@ -1,11 +1,16 @@
 """Event validation against `schema/event.schema.json`, compiled once per process.
 
-The schema file is the single source of truth for what an event is; this module only turns its
+The schema file is the single source of truth for what an event is; this module turns its
 verdicts into the error details of SPEC §3: `{"index", "path", "message"}` for each problem.
+A few limits no JSON Schema can say come on top, each because an event past it could be
+accepted but never stored or read back: no NUL character (PostgreSQL's text and jsonb cannot
+hold it), a timestamp whose offset PostgreSQL can represent and whose UTC time falls in years
+1 to 9999, and a payload nested at most MAX_DEPTH levels.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, TypedDict
@@ -31,6 +36,11 @@ def _validator(schema_file: Path = SCHEMA_FILE) -> Draft202012Validator:
     return Draft202012Validator(schema, format_checker=FormatChecker(["date-time"]))
 
 
+MAX_DEPTH = 100  # levels of nesting in a payload
+MAX_OFFSET = timedelta(hours=15, minutes=59, seconds=59)  # PostgreSQL's limit on a UTC offset
+NUL = "\x00"
+
+
 def problems(events: list[Any]) -> list[Problem]:
     """Every problem of every event, in event order; empty when all of them are valid."""
     validator = _validator()
@@ -39,7 +49,57 @@ def problems(events: list[Any]) -> list[Problem]:
         errors = sorted(validator.iter_errors(event), key=lambda e: list(e.absolute_path))
         for error in errors:
             found.extend(_problems(index, error))
+        if isinstance(event, dict):
+            found.extend({"index": index, "path": path, "message": message}
+                         for path, message in _storable(event))
     return found
+
+
+def _storable(event: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path, why) for what the store could not hold, in fields the schema found well typed."""
+    found = [(f"/{name}", "must not contain the NUL character (U+0000)")
+             for name in ("topic", "event_id", "source")
+             if isinstance(event.get(name), str) and NUL in event[name]]
+    timestamp = event.get("timestamp")
+    if isinstance(timestamp, str):
+        found.extend(("/timestamp", why) for why in _timestamp(timestamp))
+    payload = event.get("payload")
+    if isinstance(payload, dict):
+        found.extend(_payload(payload, ["payload"], 1))
+    return found
+
+
+def _timestamp(text: str) -> list[str]:
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError:
+        return []  # the schema's format check speaks for malformed timestamps
+    offset = moment.utcoffset()
+    if offset is not None and abs(offset) > MAX_OFFSET:
+        return [f"{text!r}: the UTC offset must be within ±15:59"]
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return [f"{text!r}: in UTC it falls outside the years 1 to 9999"]
+    return []
+
+
+def _payload(value: Any, parts: list[str], depth: int) -> list[tuple[str, str]]:
+    """The first problem found in the payload tree, depth first (one is enough to reject)."""
+    if depth > MAX_DEPTH:
+        return [(_pointer(parts), f"is nested deeper than {MAX_DEPTH} levels")]
+    if isinstance(value, str):
+        return [(_pointer(parts), "must not contain the NUL character (U+0000)")] \
+            if NUL in value else []
+    children: Any = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, child in children:
+        if isinstance(key, str) and NUL in key:
+            return [(_pointer(parts), "has a key that contains the NUL character (U+0000)")]
+        found = _payload(child, [*parts, str(key)], depth + 1)
+        if found:
+            return found
+    return []
 
 
 def _problems(index: int, error: ValidationError) -> list[Problem]:

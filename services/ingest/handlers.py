@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 STORE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
 MAX_PAGE = 1000
+LIMIT = re.compile(r"[0-9]{1,6}")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -96,8 +98,12 @@ def _page_query(query: Any) -> tuple[str | None, Any, int]:
     topic = query.get("topic")
     if topic is not None and not 1 <= len(topic) <= 255:
         raise _bad_query("topic", "must be 1 to 255 characters")
+    if topic is not None and "\x00" in topic:
+        raise _bad_query("topic", "must not contain the NUL character")
     raw_limit = query.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    # A few ASCII digits only: str.isdigit() also says yes to "²", which int() refuses, and
+    # int() refuses strings of thousands of digits.
+    if not LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise _bad_query("limit", f"must be a whole number from 1 to {MAX_PAGE}")
     after = None
     if "after" in query:

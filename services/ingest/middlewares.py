@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
 from services.ingest.errors import ApiError
 from shared.metrics import HTTP_REQUESTS
@@ -24,6 +25,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except ApiError as error:
         return error.response()
+    except web.RequestPayloadError as error:
+        # A body that cannot be read as sent, e.g. `Content-Encoding: gzip` over plain bytes.
+        return ApiError(400, "unreadable_body", f"the body could not be read: {error}").response()
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -44,3 +48,18 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     route = resource.canonical if resource is not None else "unmatched"
     HTTP_REQUESTS.labels(route=route, status=str(response.status)).inc()
     return response
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as aiohttp does it; any other expectation a JSON 417.
+
+    aiohttp runs the expect handler before the middlewares, so its own would answer in plain
+    text, and fail on a header it cannot decode.
+    """
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the real answer has not started yet
+        return None
+    return ApiError(417, "expectation_failed",
+                    "only `Expect: 100-continue` is supported").response()

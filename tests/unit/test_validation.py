@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.validation import problems
+from shared.validation import MAX_DEPTH, problems
 from tests.helpers import event
 
 STRING_FIELDS = ["topic", "event_id", "source"]
@@ -233,3 +233,48 @@ def test_a_list_of_valid_events_has_no_problem() -> None:
 ])
 def test_a_json_pointer_escapes_slash_and_tilde_in_field_names(field: str, pointer: str) -> None:
     assert paths(problems([event(**{field: 1})])) == [pointer]
+
+
+# Limits beyond the schema: what the store could not hold or give back.
+
+
+@pytest.mark.parametrize("field", ["topic", "event_id", "source"])
+def test_a_nul_character_in_a_name_is_rejected(field: str) -> None:
+    assert [(p["path"]) for p in problems([event(**{field: "a\x00b"})])] == [f"/{field}"]
+
+
+@pytest.mark.parametrize(("payload", "path"), [
+    ({"note": "a\x00b"}, "/payload/note"),
+    ({"list": ["ok", "\x00"]}, "/payload/list/1"),
+    ({"k\x00": 1}, "/payload"),
+])
+def test_a_nul_character_anywhere_in_the_payload_is_rejected_where_it_is(
+        payload: dict[str, object], path: str) -> None:
+    assert [p["path"] for p in problems([event(payload=payload)])] == [path]
+
+
+@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-01:00"])
+def test_a_timestamp_outside_the_years_1_to_9999_in_utc_is_rejected(timestamp: str) -> None:
+    [problem] = problems([event(timestamp=timestamp)])
+    assert problem["path"] == "/timestamp"
+    assert "1 to 9999" in problem["message"]
+
+
+@pytest.mark.parametrize(("timestamp", "valid"), [
+    ("2026-11-25T10:00:00+15:59", True), ("2026-11-25T10:00:00-15:59", True),
+    ("2026-11-25T10:00:00+16:00", False), ("2026-11-25T10:00:00-23:59", False),
+])
+def test_the_utc_offset_must_be_one_postgresql_can_hold(timestamp: str, valid: bool) -> None:
+    assert (problems([event(timestamp=timestamp)]) == []) is valid
+
+
+def test_a_payload_nested_deeper_than_the_limit_is_rejected_and_one_at_it_is_not() -> None:
+    def nested(levels: int) -> dict[str, object]:
+        value: dict[str, object] = {}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    assert problems([event(payload=nested(MAX_DEPTH))]) == []
+    [problem] = problems([event(payload=nested(MAX_DEPTH + 1))])
+    assert "nested deeper" in problem["message"]
