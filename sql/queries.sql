@@ -133,14 +133,14 @@ FROM topic_stats
 ORDER BY topic;
 
 -- name: events_page
-SELECT topic, event_id, "timestamp", source, payload, stream_ms, stream_seq
+SELECT topic, event_id, "timestamp", source, payload::text AS payload, stream_ms, stream_seq
 FROM events
 WHERE (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
 ORDER BY stream_ms, stream_seq
 LIMIT %(limit)s;
 
 -- name: events_page_of_topic
-SELECT topic, event_id, "timestamp", source, payload, stream_ms, stream_seq
+SELECT topic, event_id, "timestamp", source, payload::text AS payload, stream_ms, stream_seq
 FROM events
 WHERE topic = %(topic)s AND (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
 ORDER BY stream_ms, stream_seq

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
