@@ -42,10 +42,32 @@ def publish(stack: LocalStack, *args: str) -> dict[str, Any]:
     return report
 
 
+_publishers: list[subprocess.Popen[bytes]] = []
+
+
 def start_publish(stack: LocalStack, *args: str) -> subprocess.Popen[bytes]:
+    """`logagg publish` in the background; reaped after the test even if the test failed."""
     command = [sys.executable, "-m", "services.cli", "publish", "--url", stack.base_url,
                "--json", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _publishers.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _reap_publishers() -> Iterator[None]:
+    yield
+    while _publishers:
+        process = _publishers.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()  # closes its pipes
+
+
+def logged_actions(stack: LocalStack, process: str) -> list[str]:
+    """The `action` of every line a process logged (JSON lines: its stderr is a file)."""
+    lines = (stack.data_dir / "logs" / f"{process}.log").read_text().splitlines()
+    return [orjson.loads(line).get("action", "") for line in lines if line.startswith("{")]
 
 
 def held_by(redis: Redis, stack: LocalStack, process: str) -> int:

@@ -12,7 +12,7 @@ import orjson
 from redis import Redis
 
 from services.stack.local import LocalStack
-from tests.acceptance.conftest import held_by, publish, start_publish
+from tests.acceptance.conftest import held_by, logged_actions, publish, start_publish
 
 
 def assert_exact(stats: dict[str, Any], *, received: int, unique: int) -> None:
@@ -88,5 +88,4 @@ def test_a_consumer_stops_on_sigterm_with_exit_code_0_and_a_summary(stack: Local
     process = stack.processes["consumer-1"]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-    log = (stack.data_dir / "logs" / "consumer-1.log").read_text()
-    assert "action=consumer_summary" in log
+    assert logged_actions(stack, "consumer-1")[-1] == "consumer_summary"
