@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     dlq_arguments(dlq)
     dlq.set_defaults(run=_dlq)
 
+    from services.bench.__main__ import add_arguments as bench_arguments
+    bench = commands.add_parser(
+        "bench", help="measure throughput and latency against ceilings from the same run")
+    bench_arguments(bench)
+    bench.set_defaults(run=_bench)
+
     from services.stack.local import add_demo_arguments, add_up_arguments
     up = commands.add_parser("up", help="run the whole stack on this machine until Ctrl-C")
     add_up_arguments(up)
@@ -96,6 +102,12 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     from services.dlq.__main__ import run
+
+    return run(settings, args)
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from services.bench.__main__ import run
 
     return run(settings, args)
 

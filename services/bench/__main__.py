@@ -1,0 +1,129 @@
+"""`logagg bench`: throughput and latency of the whole pipeline, next to two ceilings measured
+on the same servers in the same run.
+
+It starts its own stack (Redis with its append-only file, fsync every second; durable
+PostgreSQL; one ingest; N consumers) in a temporary folder, measures the ceilings, publishes the
+workload in process (the load generator shares the machine, as it would in a test rig), waits
+until nothing is pending, and reports: a table on stdout, a JSON file and a PNG plot in
+`bench/results/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from services.bench import ceilings, probes, report
+from services.publisher.sender import send
+from services.publisher.simulator import DEFAULT_TOPICS, workload
+from services.stack.local import LocalStack
+from services.stack.servers import free_port
+from shared.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--duplicates", type=float, default=0.3)
+    parser.add_argument("--batch", type=int, default=100, help="events per request")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument("--consumers", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--results", type=Path, default=Path("bench/results"),
+                        help="folder for the JSON and PNG of this run")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for pending to reach 0")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    result = asyncio.run(bench(settings, args))
+    print(report.table(result))
+    json_path, png_path = report.save(result, args.results, {"arguments": {
+        k: str(v) for k, v in vars(args).items() if k not in {"run"}}})
+    print(f"written: {json_path} and {png_path}")
+    return 0 if result.exact else 1
+
+
+async def bench(settings: Settings, args: argparse.Namespace) -> report.Result:
+    work = workload(args.events, args.duplicates, list(DEFAULT_TOPICS), args.seed)
+    stack_settings = dataclasses.replace(settings, ingest_port=free_port(), metrics_port=0)
+    with tempfile.TemporaryDirectory(prefix="logagg-bench-") as folder, LocalStack(
+            stack_settings, Path(folder), redis_port=free_port(), postgres_port=free_port(),
+            consumers=args.consumers) as stack:
+        pg_ceiling = await asyncio.to_thread(
+            ceilings.postgres_ceiling, stack.settings.database_url, work.encoded)
+        xadd_ceiling = await ceilings.xadd_ceiling(stack.redis.url, work.encoded)
+        meter = probes.CpuMeter(_processes(stack))
+        samples: list[probes.Sample] = []
+        stop_sampling = asyncio.Event()
+        sampler = asyncio.create_task(probes.sample_stats(stack.base_url, samples,
+                                                          stop_sampling))
+        meter.start()
+        started = time.monotonic()
+        sent = await send(work, url=stack.base_url, batch=args.batch,
+                          concurrency=args.concurrency, rate=None)
+        accepted_at = time.monotonic()
+        stats = await asyncio.to_thread(stack.wait_drained, args.timeout)
+        drained_at = time.monotonic()
+        meter.stop()
+        stop_sampling.set()
+        await sampler
+        samples.append(probes.Sample(drained_at - started, stats["received"],
+                                     stats["received"], 0))
+        return report.Result(
+            workload={"events": work.events, "unique_keys": work.unique_keys,
+                      "duplicates": args.duplicates, "batch": args.batch,
+                      "concurrency": args.concurrency, "consumers": args.consumers},
+            accept_rate=work.events / (accepted_at - started),
+            end_to_end_rate=work.events / (drained_at - started),
+            publish_ms={f"p{p}": sent.latency_ms(p) for p in (50, 95, 99)},
+            batch_ms=report.percentiles(_batch_ms(stack)),
+            postgres_ceiling=pg_ceiling, xadd_ceiling=xadd_ceiling,
+            counts={k: int(stats[k]) for k in ("received", "unique_processed",
+                                               "duplicate_dropped", "dead_lettered",
+                                               "pending")},
+            exact=_exact(stats, work.unique_keys, sent.events_accepted),
+            cpu_us_per_event={name: seconds * 1e6 / work.events
+                              for name, seconds in meter.spent.items()},
+            peak_rss_mb={name: probes.peak_rss_mb(process.pid)
+                         for name, process in stack.processes.items()},
+            samples=samples,
+        )
+
+
+def _processes(stack: LocalStack) -> dict[str, list[int]]:
+    postgres = stack.postgres.process
+    redis = stack.redis.process
+    assert postgres is not None and redis is not None
+    consumers = [p.pid for name, p in stack.processes.items() if name.startswith("consumer")]
+    return {
+        "ingest": [stack.processes["ingest"].pid],
+        "consumers (all)": consumers,
+        "redis": [redis.pid],
+        "postgres (all backends)": [postgres.pid, *probes.children(postgres.pid)],
+        "load generator (this process)": [os.getpid()],
+    }
+
+
+def _batch_ms(stack: LocalStack) -> list[float]:
+    """Every consumer batch's duration, from the `batch_settled` lines of their logs."""
+    values: list[float] = []
+    for log in sorted((stack.data_dir / "logs").glob("consumer-*.log")):
+        for line in log.read_text().splitlines():
+            if '"batch_settled"' in line:
+                values.append(float(orjson.loads(line)["ms"]))
+    return values
+
+
+def _exact(stats: dict[str, Any], unique_keys: int, accepted: int) -> bool:
+    return bool(stats["pending"] == 0 and stats["unique_processed"] == unique_keys
+                and stats["received"] >= accepted
+                and stats["received"] == stats["unique_processed"]
+                + stats["duplicate_dropped"] + stats["dead_lettered"])

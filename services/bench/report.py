@@ -1,0 +1,132 @@
+"""What `logagg bench` prints and keeps: a table, a JSON file with machine info, a PNG plot."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from services.bench.probes import Sample
+
+
+@dataclass
+class Result:
+    workload: dict[str, Any]
+    accept_rate: float  # events/s: first send until the last 202
+    end_to_end_rate: float  # events/s: first send until pending == 0
+    publish_ms: dict[str, float | None]  # p50 / p95 / p99 of POST /publish
+    batch_ms: dict[str, float | None]  # p50 / p95 / p99 of a consumer batch
+    postgres_ceiling: float
+    xadd_ceiling: float
+    counts: dict[str, int]
+    exact: bool
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        return {"end_to_end / postgres ceiling": self.end_to_end_rate / self.postgres_ceiling,
+                "end_to_end / xadd ceiling": self.end_to_end_rate / self.xadd_ceiling}
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    ranked = sorted(values)
+
+    def rank(p: float) -> float | None:
+        return ranked[min(len(ranked) - 1, int(p / 100 * len(ranked)))] if ranked else None
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99)}
+
+
+def table(result: Result) -> str:
+    def ms(values: dict[str, float | None]) -> str:
+        return " / ".join("-" if v is None else f"{v:.1f}" for v in values.values())
+
+    rows = [
+        ("events (duplicates)", f"{result.workload['events']:,} "
+                                f"({result.workload['duplicates']:.0%})"),
+        ("accept rate", f"{result.accept_rate:,.0f} events/s"),
+        ("end-to-end rate", f"{result.end_to_end_rate:,.0f} events/s"),
+        ("publish latency p50/p95/p99", f"{ms(result.publish_ms)} ms"),
+        ("consumer batch p50/p95/p99", f"{ms(result.batch_ms)} ms"),
+        ("ceiling: PostgreSQL dedup insert", f"{result.postgres_ceiling:,.0f} events/s"),
+        ("ceiling: pipelined XADD", f"{result.xadd_ceiling:,.0f} events/s"),
+        *((name, f"{ratio:.2f}") for name, ratio in result.ratios.items()),
+        ("counts", ("exact " if result.exact else "OFF ") + str(result.counts)),
+        *((f"CPU µs/event: {name}", f"{us:.1f}") for name, us in result.cpu_us_per_event.items()),
+        *((f"peak RSS MB: {name}", f"{mb:.0f}") for name, mb in result.peak_rss_mb.items()),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def machine() -> dict[str, Any]:
+    def version(*command: str) -> str:
+        try:
+            return subprocess.run(command, capture_output=True, text=True, check=False,
+                                  timeout=10).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+
+    meminfo = Path("/proc/meminfo").read_text().splitlines()[0].split()
+    return {"cores": os.cpu_count(), "memory_gb": round(int(meminfo[1]) / 2**20, 1),
+            "cpu": _cpu_model(), "python": platform.python_version(),
+            "platform": platform.platform(), "redis": version("redis-server", "--version")}
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def save(result: Result, folder: Path, extra: dict[str, Any]) -> tuple[Path, Path]:
+    """Write `<stamp>.json` and `<stamp>.png` into `folder`; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    data = {**asdict(result), "ratios": result.ratios, "machine": machine(), **extra}
+    json_path = folder / f"{stamp}.json"
+    json_path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    png_path = folder / f"{stamp}.png"
+    plot(result, png_path)
+    return json_path, png_path
+
+
+def plot(result: Result, path: Path) -> None:
+    """Throughput (settled events/s) and pending over the run's time."""
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    samples = result.samples
+    times = [s.seconds for s in samples]
+    rates = [0.0] + [
+        (b.settled - a.settled) / (b.seconds - a.seconds) if b.seconds > a.seconds else 0.0
+        for a, b in itertools.pairwise(samples)]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    top.plot(times, rates, color="#2f7de1")
+    top.axhline(result.postgres_ceiling, color="#999", linestyle="--", linewidth=1,
+                label=f"PostgreSQL ceiling {result.postgres_ceiling:,.0f}/s")
+    top.set_ylabel("settled events/s")
+    top.legend(loc="upper right")
+    top.set_title(f"logagg bench: {result.workload['events']:,} events, "
+                  f"end to end {result.end_to_end_rate:,.0f}/s")
+    bottom.plot(times, [s.pending for s in samples], color="#8a5cd1")
+    bottom.set_ylabel("pending")
+    bottom.set_xlabel("seconds since the first send")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
