@@ -1,7 +1,10 @@
 """Event validation against `schema/event.schema.json`, compiled once per process.
 
-The schema file is the single source of truth for what an event is; this module turns its
-verdicts into the error details of SPEC §3: `{"index", "path", "message"}` for each problem.
+The schema file is the single source of truth for what an event is. It is compiled twice: to
+Python code by fastjsonschema, which answers "valid?" about ten times faster and is all a good
+request needs; and by jsonschema, which names every problem, for the requests that have one.
+This module turns the verdicts into the error details of SPEC §3: `{"index", "path",
+"message"}` for each problem.
 A few limits no JSON Schema can say come on top, each because an event past it could be
 accepted but never stored or read back: no NUL character (PostgreSQL's text and jsonb cannot
 hold it), a timestamp whose offset PostgreSQL can represent and whose UTC time falls in years
@@ -10,14 +13,18 @@ hold it), a timestamp whose offset PostgreSQL can represent and whose UTC time f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, TypedDict
 
+import fastjsonschema
 import orjson
+from fastjsonschema import JsonSchemaValueException
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
+from rfc3339_validator import validate_rfc3339
 
 from shared.paths import SCHEMA_FILE
 
@@ -26,6 +33,15 @@ class Problem(TypedDict):
     index: int
     path: str
     message: str
+
+
+@cache
+def _fast_check(schema_file: Path = SCHEMA_FILE) -> Callable[[Any], Any]:
+    """Raises on the first problem; the same formats as `_validator` (RFC 3339 date-times)."""
+    schema = orjson.loads(schema_file.read_bytes())
+    check: Callable[[Any], Any] = fastjsonschema.compile(
+        schema, formats={"date-time": validate_rfc3339})
+    return check
 
 
 @cache
@@ -43,6 +59,17 @@ NUL = "\x00"
 
 def problems(events: list[Any]) -> list[Problem]:
     """Every problem of every event, in event order; empty when all of them are valid."""
+    fast_check = _fast_check()
+    try:
+        for event in events:
+            fast_check(event)
+    except JsonSchemaValueException:
+        return _every_problem(events)
+    return [{"index": index, "path": path, "message": message}
+            for index, event in enumerate(events) for path, message in _storable(event)]
+
+
+def _every_problem(events: list[Any]) -> list[Problem]:
     validator = _validator()
     found: list[Problem] = []
     for index, event in enumerate(events):

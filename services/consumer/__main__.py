@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+import uvloop
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
@@ -26,7 +27,7 @@ def run(settings: Settings) -> int:
             # Metrics are worth a loud error, not a consumer that cannot start.
             logger.error("cannot serve /metrics on port %s: %s", settings.metrics_port, error,
                          extra={"action": "metrics_unavailable"})
-    asyncio.run(consume(settings))
+    uvloop.run(consume(settings))
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.validation import MAX_DEPTH, problems
 from tests.helpers import event
@@ -278,3 +280,42 @@ def test_a_payload_nested_deeper_than_the_limit_is_rejected_and_one_at_it_is_not
     assert problems([event(payload=nested(MAX_DEPTH))]) == []
     [problem] = problems([event(payload=nested(MAX_DEPTH + 1))])
     assert "nested deeper" in problem["message"]
+
+
+# The compiled fast check and jsonschema must give the same verdict on every input.
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=3), max_leaves=6)
+_timestamps = st.sampled_from([
+    "2026-11-25T10:00:00Z", "2026-11-25T10:00:00.123+07:00", "2026-11-25t10:00:00z",
+    "2026-11-25T10:00:00", "2026-11-25 10:00:00Z", "2026-11-25T23:59:60Z", "2026-02-30T00:00:00Z",
+    "2026-11-25T10:00:00+24:00", "2026-11-25", "", "now"]) | st.text(max_size=25)
+_fields = {"topic": st.text(max_size=300) | _values, "event_id": st.text(max_size=300) | _values,
+           "source": st.text(max_size=300) | _values, "timestamp": _timestamps | _values,
+           "payload": st.dictionaries(st.text(max_size=5), _values, max_size=3) | _values}
+
+
+@st.composite
+def _event_likes(draw: st.DrawFn) -> object:
+    chosen = draw(st.lists(st.sampled_from(sorted(_fields)), unique=True))
+    event = {name: draw(_fields[name]) for name in chosen}
+    if draw(st.booleans()):
+        event.update(draw(st.dictionaries(st.text(max_size=6), _values, max_size=2)))
+    return event if draw(st.integers(0, 9)) else draw(_values)
+
+
+@st.composite
+def _near_valid(draw: st.DrawFn) -> object:
+    """A valid event with one field drawn anew: the verdicts are most likely to differ here."""
+    name = draw(st.sampled_from(sorted(_fields)))
+    return event(**{name: draw(_fields[name])})
+
+
+@settings(max_examples=400, deadline=None)
+@given(_event_likes() | _near_valid())
+def test_the_fast_check_and_jsonschema_agree_on_every_event(candidate: object) -> None:
+    from shared.validation import _every_problem
+
+    assert (problems([candidate]) == []) is (_every_problem([candidate]) == [])
