@@ -1,5 +1,7 @@
 -- Named queries, parsed once by shared/sql.py. Only shared/store.py runs them.
 -- Parameters are psycopg placeholders; arrays are unnested so that a whole batch is one statement.
+-- The statements that settle a batch take their arrays in binary (%(name)b): psycopg then sends
+-- them as they are, instead of quoting every string of every event into array syntax.
 
 -- name: insert_unique
 -- Store the first copy of every key of the batch that is not stored yet. Rows go in sorted by
@@ -8,9 +10,9 @@
 INSERT INTO events (topic, event_id, "timestamp", source, payload, stream_ms, stream_seq)
 SELECT DISTINCT ON (b.topic, b.event_id)
        b.topic, b.event_id, b.ts::timestamptz, b.source, b.payload::jsonb, b.stream_ms, b.stream_seq
-FROM unnest(%(topics)s::text[], %(event_ids)s::text[], %(timestamps)s::text[],
-            %(sources)s::text[], %(payloads)s::text[], %(stream_ms)s::bigint[],
-            %(stream_seq)s::bigint[])
+FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(timestamps)b::text[],
+            %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
+            %(stream_seq)b::bigint[])
      AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
 ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
 ON CONFLICT ON CONSTRAINT events_dedup_key DO NOTHING
@@ -26,8 +28,8 @@ RETURNING topic, stream_ms, stream_seq;
 -- counted as duplicates.
 WITH batch AS (
     SELECT *
-    FROM unnest(%(topics)s::text[], %(event_ids)s::text[], %(stream_ms)s::bigint[],
-                %(stream_seq)s::bigint[]) AS b(topic, event_id, stream_ms, stream_seq)
+    FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(stream_ms)b::bigint[],
+                %(stream_seq)b::bigint[]) AS b(topic, event_id, stream_ms, stream_seq)
 ), duplicates AS (
     INSERT INTO duplicate_entries (stream_ms, stream_seq, topic, event_id)
     SELECT b.stream_ms, b.stream_seq, b.topic, b.event_id
@@ -41,12 +43,12 @@ WITH batch AS (
     SELECT topic, sum(u)::bigint AS unique_processed, sum(d)::bigint AS duplicate_dropped,
            sum(r)::bigint AS revived
     FROM (
-        SELECT topic, 1 AS u, 0 AS d, 0 AS r FROM unnest(%(unique_topics)s::text[]) AS u(topic)
+        SELECT topic, 1 AS u, 0 AS d, 0 AS r FROM unnest(%(unique_topics)b::text[]) AS u(topic)
         UNION ALL
         SELECT topic, 0, 1, 0 FROM duplicates
         UNION ALL
         -- Replayed dead letters settle here, so they leave the dead-letter count.
-        SELECT topic, 0, 0, 1 FROM unnest(%(revived_topics)s::text[]) AS r(topic)
+        SELECT topic, 0, 0, 1 FROM unnest(%(revived_topics)b::text[]) AS r(topic)
     ) AS settled
     GROUP BY topic
 ), counted AS (
