@@ -45,6 +45,7 @@ class Stream:
         self.redis = redis
         self.key = key
         self.group = group
+        self._publish = redis.register_script((LUA_DIR / "publish.lua").read_text())
         self._remove_gone = redis.register_script(
             (LUA_DIR / "remove_gone_consumers.lua").read_text())
 
@@ -62,15 +63,9 @@ class Stream:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def publish(self, events: Sequence[bytes]) -> list[bytes]:
-        """Append every event and count them as received, all or nothing (one MULTI/EXEC)."""
-        pipe = self.redis.pipeline(transaction=True)
-        for event in events:
-            pipe.xadd(self.key, {EVENT_FIELD: event})
-        pipe.incrby(received_key(self.key), len(events))
-        replies = await pipe.execute()
-        ids: list[bytes] = replies[:-1]
-        return ids
+    async def publish(self, events: Sequence[bytes]) -> None:
+        """Append every event and count them as received, all or nothing (one Lua script)."""
+        await self._publish(keys=[self.key, received_key(self.key)], args=[EVENT_FIELD, *events])
 
     async def read_new(self, consumer: str, count: int, block_ms: int) -> list[RawEntry]:
         """Entries never delivered to the group, now delivered to `consumer` (XREADGROUP >)."""
