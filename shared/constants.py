@@ -13,5 +13,5 @@ REPLAY_FIELD = b"r"
 
 
 def received_key(stream_key: str) -> str:
-    """Counter of events answered 202, incremented in the same MULTI/EXEC as their XADDs."""
+    """Counter of events answered 202, incremented in the same script as their XADDs."""
     return f"{stream_key}:received"

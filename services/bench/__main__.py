@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=100, help="events per request")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--consumers", type=int, default=3)
+    parser.add_argument("--ingests", type=int, default=1,
+                        help="ingest processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--results", type=Path, default=Path("bench/results"),
                         help="folder for the JSON and PNG of this run")
@@ -56,7 +58,7 @@ async def bench(settings: Settings, args: argparse.Namespace) -> report.Result:
     stack_settings = dataclasses.replace(settings, ingest_port=free_port(), metrics_port=0)
     with tempfile.TemporaryDirectory(prefix="logagg-bench-") as folder, LocalStack(
             stack_settings, Path(folder), redis_port=free_port(), postgres_port=free_port(),
-            consumers=args.consumers) as stack:
+            consumers=args.consumers, ingests=args.ingests) as stack:
         pg_ceiling = await asyncio.to_thread(
             ceilings.postgres_ceiling, stack.settings.database_url, work.encoded)
         xadd_ceiling = await ceilings.xadd_ceiling(stack.redis.url, work.encoded)
@@ -80,7 +82,8 @@ async def bench(settings: Settings, args: argparse.Namespace) -> report.Result:
         return report.Result(
             workload={"events": work.events, "unique_keys": work.unique_keys,
                       "duplicates": args.duplicates, "batch": args.batch,
-                      "concurrency": args.concurrency, "consumers": args.consumers},
+                      "concurrency": args.concurrency, "consumers": args.consumers,
+                      "ingests": args.ingests},
             accept_rate=work.events / (accepted_at - started),
             end_to_end_rate=work.events / (drained_at - started),
             publish_ms={f"p{p}": sent.latency_ms(p) for p in (50, 95, 99)},
@@ -103,8 +106,9 @@ def _processes(stack: LocalStack) -> dict[str, list[int]]:
     redis = stack.redis.process
     assert postgres is not None and redis is not None
     consumers = [p.pid for name, p in stack.processes.items() if name.startswith("consumer")]
+    ingests = [p.pid for name, p in stack.processes.items() if name.startswith("ingest")]
     return {
-        "ingest": [stack.processes["ingest"].pid],
+        "ingest (all)": ingests,
         "consumers (all)": consumers,
         "redis": [redis.pid],
         "postgres (all backends)": [postgres.pid, *probes.children(postgres.pid)],

@@ -19,6 +19,8 @@ def run(settings: Settings) -> int:
     # run_app turns SIGTERM/SIGINT into a graceful shutdown: stop listening, let in-flight
     # requests finish, then run the cleanup contexts that close Redis and PostgreSQL.
     web.run_app(create_app(settings), host=settings.ingest_host, port=settings.ingest_port,
-                shutdown_timeout=10, print=None, access_log=None, loop=uvloop.new_event_loop())
+                shutdown_timeout=10, print=None, access_log=None, loop=uvloop.new_event_loop(),
+                # Several ingest processes may share the port; the kernel spreads connections.
+                reuse_port=True)
     logger.info("ingest stopped", extra={"action": "ingest_stop"})
     return 0

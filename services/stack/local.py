@@ -37,7 +37,8 @@ class LocalStack:
     """Servers and processes of one local logagg deployment. Use it as a context manager."""
 
     def __init__(self, settings: Settings, data_dir: Path, *, redis_port: int, postgres_port: int,
-                 consumers: int = 3, durable: bool = True, redis_fsync: str = "everysec") -> None:
+                 consumers: int = 3, durable: bool = True, redis_fsync: str = "everysec",
+                 ingests: int = 1) -> None:
         self.data_dir = data_dir.resolve()
         self.redis = RedisServer(self.data_dir / "redis", port=redis_port, appendfsync=redis_fsync)
         self.postgres = PostgresServer(self.data_dir / "postgres", port=postgres_port,
@@ -45,6 +46,7 @@ class LocalStack:
         self.settings = replace(settings, redis_url=self.redis.url,
                                 database_url=self.postgres.url("logagg"))
         self.consumer_count = consumers
+        self.ingest_count = ingests
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.consumer_names: dict[str, str] = {}  # process name -> CONSUMER_NAME in the group
 
@@ -69,7 +71,8 @@ class LocalStack:
         os.chmod(self.data_dir, 0o755)  # PostgreSQL may run as another user: let it in
         self.start_servers()
         migrate(self.settings.database_url)
-        self.start_process("ingest")
+        for index in range(self.ingest_count):
+            self.start_ingest(index)
         for index in range(self.consumer_count):
             self.start_consumer(index)
         self.wait_ready()
@@ -92,6 +95,10 @@ class LocalStack:
         self.processes[name] = process
         return process
 
+    def start_ingest(self, index: int) -> subprocess.Popen[bytes]:
+        """Ingest processes share the port (SO_REUSEPORT); the kernel spreads connections."""
+        return self.start_process("ingest", "ingest" if index == 0 else f"ingest-{index + 1}")
+
     def start_consumer(self, index: int) -> subprocess.Popen[bytes]:
         name = f"consumer-{index + 1}"
         port = self.settings.metrics_port + index if self.settings.metrics_port else 0
@@ -106,10 +113,11 @@ class LocalStack:
             if process.poll() is None:
                 continue
             print(f"{name} exited with {process.returncode}; restarting it", flush=True)
-            if name == "ingest":
-                self.start_process("ingest")
+            number = int(name.rsplit("-", 1)[1]) if "-" in name else 1
+            if name.startswith("ingest"):
+                self.start_ingest(number - 1)
             else:
-                self.start_consumer(int(name.rsplit("-", 1)[1]) - 1)
+                self.start_consumer(number - 1)
 
     def environment(self, **extra: str) -> dict[str, str]:
         s = self.settings
@@ -162,8 +170,9 @@ class LocalStack:
 
     def stop_processes(self) -> None:
         """SIGTERM consumers first (they finish their batch), then ingest; wait for each."""
-        consumers = [name for name in self.processes if name != "ingest"]
-        for group in (consumers, ["ingest"]):
+        consumers = [name for name in self.processes if name.startswith("consumer")]
+        ingests = [name for name in self.processes if name.startswith("ingest")]
+        for group in (consumers, ingests):
             stopping = [self.processes.pop(name) for name in group if name in self.processes]
             for process in stopping:
                 if process.poll() is None:
@@ -204,6 +213,8 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-port", type=int, default=6380)
     parser.add_argument("--postgres-port", type=int, default=5433)
     parser.add_argument("--consumers", type=int, default=3)
+    parser.add_argument("--ingests", type=int, default=1,
+                        help="ingest processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--redis-fsync", choices=["always", "everysec", "no"], default="everysec",
                         help="Redis appendfsync: 'always' loses no accepted event even if the "
                              "machine dies (default: everysec)")
@@ -222,7 +233,7 @@ def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
     _exit_on_sigterm()
     return LocalStack(settings, args.data_dir, redis_port=args.redis_port,
                       postgres_port=args.postgres_port, consumers=args.consumers,
-                      redis_fsync=args.redis_fsync)
+                      redis_fsync=args.redis_fsync, ingests=args.ingests)
 
 
 def _exit_on_sigterm() -> None:
