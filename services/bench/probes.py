@@ -80,7 +80,7 @@ class Sample:
 
 
 async def sample_stats(base_url: str, samples: list[Sample], stop: asyncio.Event,
-                       every_s: float = 0.25) -> None:
+                       every_s: float = 0.1) -> None:
     """Record /stats every `every_s` until `stop` is set."""
     started = time.monotonic()
     while not stop.is_set():
