@@ -173,26 +173,25 @@ class Store:
 
     async def _store(self, conn: AsyncConnection[Any], entries: Sequence[Entry],
                      revived: list[str]) -> Settled:
-        topics = [e.topic for e in entries]
-        event_ids = [e.event_id for e in entries]
-        stream_ms = [e.id.ms for e in entries]
-        stream_seq = [e.id.seq for e in entries]
         cursor = await conn.execute(self._sql["insert_unique"], {
-            "topics": topics, "event_ids": event_ids,
+            "topics": [e.topic for e in entries], "event_ids": [e.event_id for e in entries],
             "timestamps": [e.timestamp for e in entries],
             "sources": [e.source for e in entries],
             "payloads": [e.payload.decode() for e in entries],
-            "stream_ms": stream_ms, "stream_seq": stream_seq,
+            "stream_ms": [e.id.ms for e in entries], "stream_seq": [e.id.seq for e in entries],
         })
         inserted = await cursor.fetchall()
+        unique = frozenset(StreamId(ms, seq) for _, ms, seq in inserted)
+        # Only the entries that were not just stored can be duplicates (or redeliveries).
+        rest = [e for e in entries if e.id not in unique]
         cursor = await conn.execute(self._sql["count_batch"], {
-            "topics": topics, "event_ids": event_ids,
-            "stream_ms": stream_ms, "stream_seq": stream_seq,
+            "topics": [e.topic for e in rest], "event_ids": [e.event_id for e in rest],
+            "stream_ms": [e.id.ms for e in rest], "stream_seq": [e.id.seq for e in rest],
             "unique_topics": [topic for topic, _, _ in inserted], "revived_topics": revived,
         })
         duplicates = await cursor.fetchall()
         return Settled(
-            unique=frozenset(StreamId(ms, seq) for _, ms, seq in inserted),
+            unique=unique,
             duplicate=frozenset(StreamId(ms, seq) for ms, seq in duplicates),
             revived=Counter(revived),
         )

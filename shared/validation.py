@@ -91,12 +91,31 @@ def _storable(event: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(timestamp, str):
         found.extend(("/timestamp", why) for why in _timestamp(timestamp))
     payload = event.get("payload")
-    if isinstance(payload, dict):
+    if isinstance(payload, dict) and not _clean(payload, 1):
         found.extend(_payload(payload, ["payload"], 1))
     return found
 
 
+def _clean(value: dict[str, Any] | list[Any], depth: int) -> bool:
+    """Whether a payload tree is within the limits: the quick pass every event takes. Only a
+    tree that fails it is walked again by `_payload`, which says where."""
+    if depth > MAX_DEPTH:
+        return False
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, child in items:
+        if isinstance(key, str) and NUL in key:
+            return False
+        if isinstance(child, str):
+            if NUL in child:
+                return False
+        elif isinstance(child, dict | list) and not _clean(child, depth + 1):
+            return False
+    return True
+
+
 def _timestamp(text: str) -> list[str]:
+    if _plainly_in_range(text):
+        return []
     try:
         moment = datetime.fromisoformat(text.upper())
     except ValueError:
@@ -109,6 +128,16 @@ def _timestamp(text: str) -> list[str]:
     except OverflowError:
         return [f"{text!r}: in UTC it falls outside the years 1 to 9999"]
     return []
+
+
+def _plainly_in_range(text: str) -> bool:
+    """The common case, decided without parsing: a year from 0002 to 9998 (no offset can move
+    it out of 1..9999) and `Z`, or an offset of at most 15 hours."""
+    if len(text) < 20 or not "0002" <= text[:4] <= "9998":
+        return False
+    if text[-1] in "Zz":
+        return True
+    return text[-6] in "+-" and text[-5:-3] <= "15" and text[-3] == ":"
 
 
 def _payload(value: Any, parts: list[str], depth: int) -> list[tuple[str, str]]:

@@ -319,3 +319,9 @@ def test_the_fast_check_and_jsonschema_agree_on_every_event(candidate: object) -
     from shared.validation import _every_problem
 
     assert (problems([candidate]) == []) is (_every_problem([candidate]) == [])
+
+
+@pytest.mark.parametrize("timestamp", ["1", "12345", "0", "2026-11-25T10:00:00+1"])
+def test_short_or_odd_timestamps_are_reported_not_crashed_on(timestamp: str) -> None:
+    [problem] = problems([event(timestamp=timestamp)])
+    assert problem["path"] == "/timestamp"
