@@ -8,6 +8,7 @@ never acked, changes nothing.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,14 @@ class Failure:
     def of_unreadable(cls, unreadable: Unreadable) -> Failure:
         return cls(unreadable.raw_id, unreadable.id, unreadable.reason, str(unreadable),
                    raw_event=unreadable.raw_event)
+
+
+COUNTER_SHARDS = 16
+
+
+def _shard() -> int:
+    """The counter rows a transaction adds to (see sql/0003_counter_shards.sql)."""
+    return random.randrange(COUNTER_SHARDS)
 
 
 def _storable(text: str) -> str:
@@ -188,6 +197,7 @@ class Store:
             "topics": [e.topic for e in rest], "event_ids": [e.event_id for e in rest],
             "stream_ms": [e.id.ms for e in rest], "stream_seq": [e.id.seq for e in rest],
             "unique_topics": [topic for topic, _, _ in inserted], "revived_topics": revived,
+            "shard": _shard(),
         })
         duplicates = await cursor.fetchall()
         return Settled(
@@ -212,6 +222,7 @@ class Store:
                 "deliveries": [f.deliveries for f in failures],
                 "replay_ms": [f.replay_of.ms if f.replay_of else None for f in failures],
                 "replay_seq": [f.replay_of.seq if f.replay_of else None for f in failures],
+                "shard": _shard(),
             })
             row = await cursor.fetchone()
         return int(row[0]) if row else 0

@@ -52,8 +52,10 @@ WITH batch AS (
     ) AS settled
     GROUP BY topic
 ), counted AS (
-    INSERT INTO topic_stats AS s (topic, unique_processed, duplicate_dropped, dead_lettered)
-    SELECT topic, unique_processed, duplicate_dropped, -revived FROM deltas ORDER BY topic
+    INSERT INTO topic_stats AS s (topic, shard, unique_processed, duplicate_dropped,
+                                  dead_lettered)
+    SELECT topic, %(shard)b::smallint, unique_processed, duplicate_dropped, -revived
+    FROM deltas ORDER BY topic
     ON CONFLICT ON CONSTRAINT topic_stats_pkey DO UPDATE
     SET unique_processed = s.unique_processed + excluded.unique_processed,
         duplicate_dropped = s.duplicate_dropped + excluded.duplicate_dropped,
@@ -105,8 +107,9 @@ WITH letters AS (
     FROM letters l
     WHERE d.stream_ms = l.replay_ms AND d.stream_seq = l.replay_seq AND d.status = 'dead'
 ), counted AS (
-    INSERT INTO topic_stats AS s (topic, dead_lettered)
-    SELECT topic, count(*) FROM fresh WHERE counted GROUP BY topic ORDER BY topic
+    INSERT INTO topic_stats AS s (topic, shard, dead_lettered)
+    SELECT topic, %(shard)s::smallint, count(*) FROM fresh WHERE counted
+    GROUP BY topic ORDER BY topic
     ON CONFLICT ON CONSTRAINT topic_stats_pkey DO UPDATE
     SET dead_lettered = s.dead_lettered + excluded.dead_lettered
 )
@@ -130,8 +133,10 @@ JOIN unnest(%(stream_ms)s::bigint[], %(stream_seq)s::bigint[]) AS p(ms, seq)
 ORDER BY stream_ms, stream_seq;
 
 -- name: topic_stats
-SELECT topic, unique_processed, duplicate_dropped, dead_lettered
+SELECT topic, sum(unique_processed)::bigint, sum(duplicate_dropped)::bigint,
+       sum(dead_lettered)::bigint
 FROM topic_stats
+GROUP BY topic
 ORDER BY topic;
 
 -- name: events_page
