@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared.constants import EVENT_FIELD, REPLAY_FIELD, received_key
@@ -38,6 +41,17 @@ class Claimed:
     entries: list[RawEntry]
     deleted: list[bytes]
     next_start: bytes
+
+
+def connect(redis_url: str) -> Redis:
+    """The Redis client every process uses. A connection idle for a couple of seconds is
+    checked with a PING before use, and a command whose connection turns out dead is sent
+    again on a fresh one: after a Redis restart, callers see the outage, not its leftovers."""
+    return Redis.from_url(
+        # A blocking read waits READ_BLOCK_MS (1 s) at most: 10 s without an answer is a hang.
+        redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=2,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[RedisConnectionError])
 
 
 class Stream:

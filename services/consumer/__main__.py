@@ -8,13 +8,12 @@ import signal
 
 import uvloop
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
 
 from services.consumer.loop import Consumer
 from shared.db import make_pool
 from shared.settings import Settings
 from shared.store import Store
-from shared.stream import Stream
+from shared.stream import Stream, connect
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ async def consume(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    redis = connect(settings.redis_url)
     pool = make_pool(settings.database_url, max_size=1, name=settings.consumer_name)
     # Do not wait for PostgreSQL here: the loop backs off until it answers.
     await pool.open(wait=False)

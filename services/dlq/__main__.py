@@ -15,13 +15,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import orjson
-from redis.asyncio import Redis
 
 from shared.db import make_pool
 from shared.events import StreamId
 from shared.settings import Settings
 from shared.store import DeadLetter, Store
-from shared.stream import Stream
+from shared.stream import Stream, connect
 
 PAGE = 500
 
@@ -52,7 +51,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[tuple[Stream, Store]]:
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     pool = make_pool(settings.database_url, max_size=1, name="dlq")
     await pool.open(wait=True)
     try:

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from services.ingest.backpressure import Backlog
 from services.ingest.keys import BACKLOG, SETTINGS, STARTED, STORE, STREAM
@@ -20,7 +19,7 @@ from services.ingest.routes import setup_routes
 from shared.db import make_pool
 from shared.settings import Settings
 from shared.store import Store
-from shared.stream import Stream
+from shared.stream import Stream, connect
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    redis = connect(settings.redis_url)
     app[STREAM] = Stream(redis, key=settings.stream_key, group=settings.consumer_group)
     app[BACKLOG] = Backlog(app[STREAM], settings.max_backlog)
     yield

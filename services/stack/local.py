@@ -158,15 +158,23 @@ class LocalStack:
             return stats
 
     def wait_drained(self, timeout_s: float) -> dict[str, Any]:
-        """Poll /stats until nothing is pending; return the stats that said so."""
+        """Poll /stats until nothing is pending; return the stats that said so. A 503 (a server
+        just restarted, a pooled connection found dead) is polled through, like a client would
+        after its Retry-After."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            stats = self.stats()
-            if stats["pending"] == 0:
-                return stats
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"still {stats['pending']} pending after {timeout_s:.0f}s")
+        pending: object = "unknown"
+        while time.monotonic() < deadline:
+            try:
+                stats = self.stats()
+            except urllib.error.HTTPError as error:
+                if error.code != 503:
+                    raise
+            else:
+                if stats["pending"] == 0:
+                    return stats
+                pending = stats["pending"]
             time.sleep(0.1)
+        raise TimeoutError(f"still {pending} pending after {timeout_s:.0f}s")
 
     def stop_processes(self) -> None:
         """SIGTERM consumers first (they finish their batch), then ingest; wait for each."""
