@@ -1,25 +1,57 @@
 """`logagg`: one command, a subcommand per process (SPEC §1).
 
 Settings come from the environment (`Settings.from_env`); the few flags here override them.
+Each subcommand is a module's `run(settings, args)`, with its options from `add_arguments`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from services.bench import __main__ as bench
+from services.consumer import __main__ as consumer
+from services.dlq import __main__ as dlq
+from services.ingest import __main__ as ingest
+from services.migrate import __main__ as migrate
+from services.publisher import __main__ as publisher
+from services.stack import local
 from shared import logging as logsetup
 from shared.exceptions import LogaggError
 from shared.settings import Settings
 
-logger = logging.getLogger("logagg")
+Run = Callable[[Settings, argparse.Namespace], int]
+AddArguments = Callable[[argparse.ArgumentParser], None]
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    local.add_up_arguments(parser)
+    local.add_demo_arguments(parser)
+
+
+COMMANDS: list[tuple[str, str, AddArguments, Run]] = [
+    ("ingest", "serve the HTTP API", _no_arguments, ingest.run),
+    ("consumer", "run one consumer of the group", _no_arguments, consumer.run),
+    ("migrate", "apply the sql/ migrations", _no_arguments, migrate.run),
+    ("publish", "send simulated events, duplicates included", publisher.add_arguments,
+     publisher.run),
+    ("dlq", "list dead letters, or replay them", dlq.add_arguments, dlq.run),
+    ("bench", "measure throughput and latency against ceilings from the same run",
+     bench.add_arguments, bench.run),
+    ("up", "run the whole stack on this machine until Ctrl-C", local.add_up_arguments,
+     local.up),
+    ("demo", "run the stack, publish 20,000 events (30%% duplicates), check the counts",
+     _demo_arguments, local.demo),
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env(log_level=args.log_level)
         logsetup.configure(settings.log_level, settings.log_format)
@@ -33,95 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="logagg", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="logagg", description="logagg, a distributed log aggregator. Settings come from "
+        "the environment (see .env.example); --log-level overrides LOG_LEVEL.")
     parser.add_argument("--log-level", help="override LOG_LEVEL")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    ingest = commands.add_parser("ingest", help="serve the HTTP API")
-    ingest.set_defaults(run=_ingest)
-
-    consumer = commands.add_parser("consumer", help="run one consumer of the group")
-    consumer.set_defaults(run=_consumer)
-
-    migrate = commands.add_parser("migrate", help="apply the sql/ migrations")
-    migrate.set_defaults(run=_migrate)
-
-    from services.publisher.__main__ import add_arguments as publish_arguments
-    publish = commands.add_parser("publish", help="send simulated events, duplicates included")
-    publish_arguments(publish)
-    publish.set_defaults(run=lambda settings, args: _publish(args))
-
-    from services.dlq.__main__ import add_arguments as dlq_arguments
-    dlq = commands.add_parser("dlq", help="list dead letters, or replay them")
-    dlq_arguments(dlq)
-    dlq.set_defaults(run=_dlq)
-
-    from services.bench.__main__ import add_arguments as bench_arguments
-    bench = commands.add_parser(
-        "bench", help="measure throughput and latency against ceilings from the same run")
-    bench_arguments(bench)
-    bench.set_defaults(run=_bench)
-
-    from services.stack.local import add_demo_arguments, add_up_arguments
-    up = commands.add_parser("up", help="run the whole stack on this machine until Ctrl-C")
-    add_up_arguments(up)
-    up.set_defaults(run=_up)
-    demo = commands.add_parser(
-        "demo", help="run the stack, publish 20,000 events (30%% duplicates), check the counts")
-    add_up_arguments(demo)
-    add_demo_arguments(demo)
-    demo.set_defaults(run=_demo)
+    for name, help_text, add_arguments, run in COMMANDS:
+        command = commands.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.set_defaults(run=run)
     return parser
-
-
-def _ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from services.ingest.__main__ import run
-
-    return run(settings)
-
-
-def _consumer(settings: Settings, args: argparse.Namespace) -> int:
-    from services.consumer.__main__ import run
-
-    return run(settings)
-
-
-def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from shared.migrations import migrate
-
-    applied = migrate(settings.database_url)
-    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
-    return 0
-
-
-def _publish(args: argparse.Namespace) -> int:
-    from services.publisher.__main__ import run
-
-    return run(args)
-
-
-def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from services.dlq.__main__ import run
-
-    return run(settings, args)
-
-
-def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    from services.bench.__main__ import run
-
-    return run(settings, args)
-
-
-def _up(settings: Settings, args: argparse.Namespace) -> int:
-    from services.stack.local import up
-
-    return up(settings, args)
-
-
-def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from services.stack.local import demo
-
-    return demo(settings, args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -18,7 +19,7 @@ from shared.stream import Stream, connect
 logger = logging.getLogger(__name__)
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, args: argparse.Namespace) -> int:
     if settings.metrics_port:
         try:
             start_http_server(settings.metrics_port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 import uvloop
@@ -13,7 +14,7 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, args: argparse.Namespace) -> int:
     logger.info("ingest starting", extra={"action": "ingest_start", "host": settings.ingest_host,
                                           "port": settings.ingest_port})
     # run_app turns SIGTERM/SIGINT into a graceful shutdown: stop listening, let in-flight

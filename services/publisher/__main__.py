@@ -15,6 +15,7 @@ import orjson
 from services.publisher import simulator
 from services.publisher.sender import send
 from services.publisher.simulator import workload
+from shared.settings import Settings
 
 DEFAULT_TOPICS = ",".join(simulator.DEFAULT_TOPICS)
 
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the report as one JSON object instead of a table")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         events = workload(args.events, args.duplicates, args.topics, args.seed)
         report = asyncio.run(send(events, url=args.url, batch=args.batch,
