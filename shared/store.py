@@ -80,6 +80,7 @@ class Failure:
 
 
 COUNTER_SHARDS = 16
+FLOOR_LOCK = 0x6C6F67616768  # advisory lock guarding settled_floor (migrations use ...67)
 
 
 def _shard() -> int:
@@ -160,7 +161,9 @@ class Store:
         """Store and count a batch of stream entries in one transaction, committed on return."""
         if not entries:
             return Settled()
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.transaction(), conn.pipeline():
+            # Sent with the first statement, in one round trip (see sql/queries.sql).
+            await conn.execute(self._sql["share_floor"], {"lock": FLOOR_LOCK})
             replays = [e for e in entries if e.replay_of is not None]
             if not replays:
                 return await self._store(conn, entries, [])
@@ -173,6 +176,16 @@ class Store:
                     revivals.setdefault(entry.replay_of, entry)
             kept = [e for e in entries if e.replay_of is None] + list(revivals.values())
             return await self._store(conn, kept, [e.topic for e in revivals.values()])
+
+    async def raise_floor(self, position: StreamId) -> int:
+        """Everything below `position` is settled and acked: raise the floor to it and prune
+        the duplicate ledger below it. Returns the ledger rows pruned."""
+        params = {"lock": FLOOR_LOCK, "ms": position.ms, "seq": position.seq}
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(self._sql["lock_floor"], params)
+            await conn.execute(self._sql["raise_floor"], params)
+            cursor = await conn.execute(self._sql["prune_ledger"], params)
+            return cursor.rowcount
 
     async def _revive(self, conn: AsyncConnection[Any], replays: list[Entry]) -> set[StreamId]:
         letters = [e.replay_of for e in replays if e.replay_of is not None]

@@ -33,6 +33,17 @@ class GroupState:
     oldest_pending: StreamId | None = None
     last_delivered: StreamId | None = None
 
+    @property
+    def settled_below(self) -> StreamId | None:
+        """The first position the group may not have settled: every entry before it was
+        delivered and acked. Redis 7.0 cannot trim "acked" entries, so this is the safe MINID:
+        the oldest pending entry if any, else the one after the last delivered. Entries
+        delivered after this look only move it forward. None before any delivery."""
+        if self.last_delivered is None:
+            return None
+        last = self.last_delivered
+        return self.oldest_pending or StreamId(last.ms, last.seq + 1)
+
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
@@ -166,19 +177,12 @@ class Stream:
         return state.pending + state.lag
 
     async def trim_settled(self) -> int:
-        """Trim the entries the group has settled, and no other; return how many went.
+        """Trim the entries the group has settled, and no other; return how many went."""
+        boundary = (await self.group_state()).settled_below
+        return 0 if boundary is None else await self.trim_below(boundary)
 
-        Redis 7.0 cannot trim "acked" entries, so the safe MINID comes from one atomic look at
-        the group: the oldest pending entry if any, else the one after the last delivered.
-        Every entry before it was delivered and acked. Entries delivered after the look only
-        move the boundary forward, so the XTRIM that follows stays safe.
-        """
-        state = await self.group_state()
-        if state.last_delivered is None:
-            return 0
-        last = state.last_delivered
-        min_id = state.oldest_pending or StreamId(last.ms, last.seq + 1)
-        return int(await self.redis.xtrim(self.key, minid=str(min_id), approximate=False))
+    async def trim_below(self, boundary: StreamId) -> int:
+        return int(await self.redis.xtrim(self.key, minid=str(boundary), approximate=False))
 
     async def remove_gone_consumers(self, idle_ms: int) -> list[str]:
         """Remove consumers with nothing pending, idle for longer than `idle_ms`."""

@@ -3,6 +3,22 @@
 -- The statements that settle a batch take their arrays in binary (%(name)b): psycopg then sends
 -- them as they are, instead of quoting every string of every event into array syntax.
 
+-- name: share_floor
+-- First in every settling transaction. The lock is shared with other settling transactions and
+-- exclusive with raise_floor, so the floor that the statements after this one read (each with
+-- a snapshot taken once the lock is held) cannot move before this transaction commits.
+SELECT pg_advisory_xact_lock_shared(%(lock)s);
+
+-- name: lock_floor
+SELECT pg_advisory_xact_lock(%(lock)s);
+
+-- name: raise_floor
+UPDATE settled_floor SET stream_ms = %(ms)s, stream_seq = %(seq)s
+WHERE (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
+
+-- name: prune_ledger
+DELETE FROM duplicate_entries WHERE (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
+
 -- name: insert_unique
 -- Store the first copy of every key of the batch that is not stored yet. Rows go in sorted by
 -- key, so that two consumers inserting overlapping keys lock them in the same order and cannot
@@ -14,6 +30,9 @@ FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(timestamps)b::text[],
             %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
             %(stream_seq)b::bigint[])
      AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
+-- Below the settled floor everything was settled and acked: an entry from there (a consumer
+-- that stalled past its claim) changes nothing.
+WHERE (b.stream_ms, b.stream_seq) >= (SELECT stream_ms, stream_seq FROM settled_floor)
 ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
 ON CONFLICT ON CONSTRAINT events_dedup_key DO NOTHING
 RETURNING topic, stream_ms, stream_seq;
@@ -36,6 +55,7 @@ WITH batch AS (
     FROM batch b
     JOIN events e ON e.topic = b.topic AND e.event_id = b.event_id
     WHERE (e.stream_ms, e.stream_seq) <> (b.stream_ms, b.stream_seq)
+      AND (b.stream_ms, b.stream_seq) >= (SELECT stream_ms, stream_seq FROM settled_floor)
     ORDER BY b.stream_ms, b.stream_seq
     ON CONFLICT ON CONSTRAINT duplicate_entries_pkey DO NOTHING
     RETURNING topic, stream_ms, stream_seq

@@ -1,9 +1,10 @@
 """Housekeeping: keep the stream and the group from growing without bound, and report them.
 
 Every consumer does it now and then; doing it twice at once is harmless. Settled entries are
-trimmed (never one that is pending or not yet delivered), consumers that are gone (nothing
-pending, idle for CONSUMER_GONE_MS) are removed from the group, and the group's gauges (pending,
-lag, age of the oldest pending entry) are refreshed.
+trimmed (never one that is pending or not yet delivered) and the store's settled floor rises to
+the same point, pruning the duplicate ledger below it; consumers that are gone (nothing pending,
+idle for CONSUMER_GONE_MS) are removed from the group; and the group's gauges (pending, lag,
+age of the oldest pending entry) are refreshed.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import logging
 import time
 
+from services.consumer import poison
 from shared.metrics import record_group_state
 from shared.settings import Settings
+from shared.store import Store
 from shared.stream import Stream
 
 logger = logging.getLogger(__name__)
@@ -21,8 +24,10 @@ INTERVAL_S = 5.0
 
 
 class Housekeeping:
-    def __init__(self, stream: Stream, settings: Settings, interval_s: float = INTERVAL_S) -> None:
+    def __init__(self, stream: Stream, store: Store, settings: Settings,
+                 interval_s: float = INTERVAL_S) -> None:
         self.stream = stream
+        self.store = store
         self.gone_ms = settings.consumer_gone_ms
         self.interval_s = interval_s
         self._next = time.monotonic() + interval_s
@@ -32,9 +37,15 @@ class Housekeeping:
 
     async def run(self) -> None:
         self._next = time.monotonic() + self.interval_s
-        record_group_state(await self.stream.group_state())
-        trimmed = await self.stream.trim_settled()
+        state = await self.stream.group_state()
+        record_group_state(state)
+        trimmed = pruned = 0
+        if state.settled_below is not None:
+            trimmed = await self.stream.trim_below(state.settled_below)
+            with poison.system_failures_are_transient():
+                pruned = await self.store.raise_floor(state.settled_below)
         removed = await self.stream.remove_gone_consumers(self.gone_ms)
-        if trimmed or removed:
-            logger.info("housekeeping", extra={"action": "housekeeping", "trimmed": trimmed,
-                                               "consumers_removed": len(removed)})
+        if trimmed or pruned or removed:
+            logger.info("housekeeping", extra={
+                "action": "housekeeping", "trimmed": trimmed, "ledger_pruned": pruned,
+                "consumers_removed": len(removed)})

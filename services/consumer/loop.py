@@ -61,7 +61,7 @@ class Consumer:
         self.stream = stream
         self.store = store
         self.recovery = Recovery(stream, store, self.name, settings)
-        self.housekeeping = Housekeeping(stream, settings)
+        self.housekeeping = Housekeeping(stream, store, settings)
         self.totals = Totals()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -8,6 +8,7 @@ import orjson
 import psycopg
 from redis.asyncio import Redis
 
+from services.consumer.housekeeping import Housekeeping
 from services.consumer.loop import decode
 from shared.settings import Settings
 from shared.store import Store
@@ -73,3 +74,27 @@ async def test_only_consumers_with_nothing_pending_and_long_idle_are_removed(
 async def _idle_over(redis: Redis, settings: Settings, name: str, ms: int) -> bool:
     consumers = await redis.xinfo_consumers(settings.stream_key, settings.consumer_group)
     return any(c["name"] == name.encode() and c["idle"] > ms for c in consumers)
+
+
+async def test_the_floor_prunes_the_ledger_and_a_stalled_consumer_below_it_counts_nothing(
+        settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
+    await stream.ensure_group()
+    await stream.publish([orjson.dumps(event(f"e{i % 10}")) for i in range(15)])
+    stalled = await stream.read_new("stalled", 100, 10)  # then it stops for a long while
+    async with running(consumer(settings, stream, store, "rescuer", claim_idle_ms=50)):
+        await eventually(lambda: drained(stream), what="claimed and settled")
+    assert counts(sql) == (10, 5, 10)
+    assert sql.execute("SELECT count(*) FROM duplicate_entries").fetchone() == (5,)
+
+    await Housekeeping(stream, store, settings).run()
+    assert sql.execute("SELECT count(*) FROM duplicate_entries").fetchone() == (0,)
+    assert await redis_len(stream) == 0
+
+    # The stalled consumer wakes up and settles what it held: long settled, and acked.
+    late = await store.settle(decode(stalled)[0])
+    assert (late.unique_total, late.duplicate_total) == (0, 0)
+    assert counts(sql) == (10, 5, 10)
+
+
+async def redis_len(stream: Stream) -> int:
+    return int(await stream.redis.xlen(stream.key))
