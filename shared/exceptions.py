@@ -14,14 +14,6 @@ class ConfigurationError(LogaggError):
     """A setting is missing or does not parse."""
 
 
-class BrokerUnavailable(LogaggError):
-    """Redis did not answer."""
-
-
-class StoreUnavailable(LogaggError):
-    """PostgreSQL did not answer."""
-
-
 class InvalidCursor(LogaggError):
     """The `after` cursor is not one this server handed out."""
 
