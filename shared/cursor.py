@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from shared.events import StreamId
+from shared.entries import StreamId
 from shared.exceptions import InvalidCursor
 
 _VERSION = "v1:"

@@ -39,17 +39,17 @@ BATCH_ENTRIES = Histogram(
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
 
 # the consumer group, as ingest and every consumer see it (XINFO GROUPS, XPENDING)
-STREAM_PENDING = Gauge(
-    "logagg_stream_pending_entries", "Entries delivered to a consumer and not acked yet.")
+STREAM_UNACKED = Gauge(
+    "logagg_stream_unacked_entries", "Entries delivered to a consumer and not acked yet.")
 STREAM_LAG = Gauge(
     "logagg_stream_lag_entries", "Entries in the stream not delivered to the group yet.")
-OLDEST_PENDING_AGE = Gauge(
-    "logagg_oldest_pending_age_seconds",
-    "Time since the oldest pending entry was appended; 0 when nothing is pending.")
+OLDEST_UNACKED_AGE = Gauge(
+    "logagg_oldest_unacked_age_seconds",
+    "Time since the oldest unacked entry was appended; 0 when nothing is unacked.")
 
 
 def record_group_state(state: GroupState) -> None:
-    STREAM_PENDING.set(state.pending)
+    STREAM_UNACKED.set(state.unacked)
     STREAM_LAG.set(state.lag)
-    oldest = state.oldest_pending
-    OLDEST_PENDING_AGE.set(max(0.0, time.time() - oldest.ms / 1000) if oldest else 0.0)
+    oldest = state.oldest_unacked
+    OLDEST_UNACKED_AGE.set(max(0.0, time.time() - oldest.ms / 1000) if oldest else 0.0)

@@ -63,6 +63,13 @@ class Settings:
         settings.check()
         return settings
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as the environment of a child process, which reads them back with
+        `from_env` (every field, so a new setting cannot be left behind). CONSUMER_NAME is
+        left out: it names one process, and each child gets its own."""
+        return {field.name.upper(): str(getattr(self, field.name)) for field in fields(self)
+                if field.name != "consumer_name"}
+
     def check(self) -> None:
         positive = ("batch_size", "claim_idle_ms", "max_deliveries", "max_batch_events",
                     "max_body_bytes", "consumer_gone_ms")

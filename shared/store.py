@@ -1,5 +1,8 @@
 """The store: every SQL statement logagg runs against PostgreSQL goes through here.
 
+Every method raises logagg's own exceptions (`StoreUnavailable`, `StoreConflict`,
+`EntryRejected`; the policy is `shared/store_errors.py`), never psycopg's.
+
 Settling a batch is one transaction of two set-based statements (see `sql/queries.sql`):
 insert the first copy of each new key, then count the rest as duplicates unless they were counted
 before, and move the counters. A redelivered entry, one whose earlier delivery was committed but
@@ -20,8 +23,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from shared.events import Entry, StreamId, Unreadable
+from shared.entries import Entry, StreamId, Unreadable
 from shared.sql import queries
+from shared.store_errors import translated
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,10 @@ class Store:
         """Store and count a batch of stream entries in one transaction, committed on return."""
         if not entries:
             return Settled()
+        with translated():
+            return await self._settle(entries)
+
+    async def _settle(self, entries: Sequence[Entry]) -> Settled:
         async with self.pool.connection() as conn, conn.transaction(), conn.pipeline():
             # Sent with the first statement, in one round trip (see sql/queries.sql).
             await conn.execute(self._sql["share_floor"], {"lock": FLOOR_LOCK})
@@ -181,6 +189,10 @@ class Store:
         """Everything below `position` is settled and acked: raise the floor to it and prune
         the duplicate ledger below it. Returns the ledger rows pruned."""
         params = {"lock": FLOOR_LOCK, "ms": position.ms, "seq": position.seq}
+        with translated():
+            return await self._raise_floor(params)
+
+    async def _raise_floor(self, params: dict[str, int]) -> int:
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(self._sql["lock_floor"], params)
             await conn.execute(self._sql["raise_floor"], params)
@@ -223,6 +235,10 @@ class Store:
         """Give up on entries: write and count their dead letters, once. Returns how many new."""
         if not failures:
             return 0
+        with translated():
+            return await self._dead_letter(failures)
+
+    async def _dead_letter(self, failures: Sequence[Failure]) -> int:
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(self._sql["dead_letter"], {
                 "stream_ms": [f.id.ms for f in failures],
@@ -251,15 +267,17 @@ class Store:
             "stream_ms": [p.ms for p in positions], "stream_seq": [p.seq for p in positions]})
 
     async def _letters(self, query: str, params: dict[str, Any]) -> list[DeadLetter]:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(self._sql[query], params)
-            rows = await cursor.fetchall()
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql[query], params)
+                rows = await cursor.fetchall()
         return [DeadLetter(StreamId(ms, seq), *rest) for ms, seq, *rest in rows]
 
     async def stats(self) -> StoreStats:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(self._sql["topic_stats"])
-            rows = await cursor.fetchall()
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql["topic_stats"])
+                rows = await cursor.fetchall()
         return StoreStats({topic: TopicCounts(u, d, dl) for topic, u, d, dl in rows})
 
     async def events_page(
@@ -269,9 +287,11 @@ class Store:
         start = after or StreamId(0, 0)
         params = {"topic": topic, "after_ms": start.ms, "after_seq": start.seq, "limit": limit}
         query = self._sql["events_page" if topic is None else "events_page_of_topic"]
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(query, params)
-            rows = await cursor.fetchall()
+        with translated():
+            async with self.pool.connection() as conn, \
+                    conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute(query, params)
+                rows = await cursor.fetchall()
         return [
             StoredEvent(
                 topic=row["topic"], event_id=row["event_id"], timestamp=row["timestamp"],
@@ -282,5 +302,6 @@ class Store:
         ]
 
     async def ping(self) -> None:
-        async with self.pool.connection(timeout=2) as conn:
-            await conn.execute("SELECT 1")
+        with translated():
+            async with self.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")

@@ -1,23 +1,28 @@
 """The Redis stream: every Redis command logagg runs goes through here.
 
 Ingest appends with `publish`; consumers read, claim and ack. One stream, one consumer group.
+Every method raises logagg's own exceptions (`BrokerUnavailable`, `GroupMissing`), never
+redis-py's.
+
+One word, one meaning: *pending* is what SPEC §3 calls pending, accepted and not settled yet:
+*unacked* (delivered to a consumer, not acked; Redis's "pending entries list") plus *lag*
+(not delivered yet).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from shared.constants import EVENT_FIELD, REPLAY_FIELD, received_key
-from shared.events import StreamId
+from shared.entries import StreamId
+from shared.exceptions import BrokerUnavailable, GroupMissing
 from shared.paths import LUA_DIR
 
 logger = logging.getLogger(__name__)
@@ -28,21 +33,26 @@ RawEntry = tuple[bytes, dict[bytes, bytes]]
 @dataclass(frozen=True, slots=True)
 class GroupState:
     exists: bool
-    pending: int  # delivered to a consumer, not acked
+    unacked: int  # delivered to a consumer, not acked
     lag: int  # not delivered yet
-    oldest_pending: StreamId | None = None
+    oldest_unacked: StreamId | None = None
     last_delivered: StreamId | None = None
+
+    @property
+    def pending(self) -> int:
+        """Accepted entries the group has not settled (SPEC §3 `pending`)."""
+        return self.unacked + self.lag
 
     @property
     def settled_below(self) -> StreamId | None:
         """The first position the group may not have settled: every entry before it was
         delivered and acked. Redis 7.0 cannot trim "acked" entries, so this is the safe MINID:
-        the oldest pending entry if any, else the one after the last delivered. Entries
+        the oldest unacked entry if any, else the one after the last delivered. Entries
         delivered after this look only move it forward. None before any delivery."""
         if self.last_delivered is None:
             return None
         last = self.last_delivered
-        return self.oldest_pending or StreamId(last.ms, last.seq + 1)
+        return self.oldest_unacked or StreamId(last.ms, last.seq + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +62,6 @@ class Claimed:
     entries: list[RawEntry]
     deleted: list[bytes]
     next_start: bytes
-
-
-def connect(redis_url: str) -> Redis:
-    """The Redis client every process uses. A connection idle for a couple of seconds is
-    checked with a PING before use, and a command whose connection turns out dead is sent
-    again on a fresh one: after a Redis restart, callers see the outage, not its leftovers."""
-    return Redis.from_url(
-        # A blocking read waits READ_BLOCK_MS (1 s) at most: 10 s without an answer is a hang.
-        redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=2,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError])
 
 
 class Stream:
@@ -80,23 +79,27 @@ class Stream:
         The group starts at the stream's beginning, so entries added before any consumer ran
         are delivered too.
         """
-        try:
-            await self.redis.xgroup_create(self.key, self.group, id="0", mkstream=True)
-            logger.info("created consumer group", extra={"action": "group_created",
-                                                          "stream": self.key, "group": self.group})
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
+        with broker_errors():
+            try:
+                await self.redis.xgroup_create(self.key, self.group, id="0", mkstream=True)
+            except ResponseError as error:
+                if "BUSYGROUP" in str(error):
+                    return
                 raise
+        logger.info("created consumer group", extra={"action": "group_created",
+                                                      "stream": self.key, "group": self.group})
 
     async def publish(self, events: Sequence[bytes]) -> None:
         """Append every event and count them as received, all or nothing (one Lua script)."""
-        await self._publish(keys=[self.key, received_key(self.key)], args=[EVENT_FIELD, *events])
+        with broker_errors():
+            await self._publish(keys=[self.key, received_key(self.key)],
+                                args=[EVENT_FIELD, *events])
 
     async def read_new(self, consumer: str, count: int, block_ms: int) -> list[RawEntry]:
         """Entries never delivered to the group, now delivered to `consumer` (XREADGROUP >)."""
         return await self._read(consumer, ">", count, block_ms)
 
-    async def read_own_pending(self, consumer: str, count: int,
+    async def read_own_unacked(self, consumer: str, count: int,
                                after: bytes = b"0") -> list[RawEntry]:
         """Entries delivered to `consumer` and not acked, after the id `after`: what it held
         when it last stopped."""
@@ -105,8 +108,9 @@ class Stream:
     async def _read(self, consumer: str, start: str | bytes, count: int,
                     block: int | None) -> list[RawEntry]:
         # RESP2 reply: [[stream, [(id, fields), ...]]], or nothing when the block timed out.
-        reply: Any = await self.redis.xreadgroup(self.group, consumer, {self.key: start},
-                                                 count=count, block=block)
+        with broker_errors():
+            reply: Any = await self.redis.xreadgroup(self.group, consumer, {self.key: start},
+                                                     count=count, block=block)
         if not reply:
             return []
         entries: list[RawEntry] = reply[0][1]
@@ -114,9 +118,11 @@ class Stream:
 
     async def claim_idle(self, consumer: str, *, min_idle_ms: int, start: bytes,
                          count: int) -> Claimed:
-        """Take over entries pending longer than `min_idle_ms` on any consumer (XAUTOCLAIM)."""
-        next_start, entries, deleted = await self.redis.xautoclaim(
-            self.key, self.group, consumer, min_idle_ms, start_id=start, count=count)
+        """Take over entries unacked for longer than `min_idle_ms` on any consumer
+        (XAUTOCLAIM)."""
+        with broker_errors():
+            next_start, entries, deleted = await self.redis.xautoclaim(
+                self.key, self.group, consumer, min_idle_ms, start_id=start, count=count)
         return Claimed(entries=entries, deleted=list(deleted), next_start=next_start)
 
     async def replay(self, letters: Sequence[tuple[str, bytes]]) -> None:
@@ -127,29 +133,38 @@ class Stream:
         pipe = self.redis.pipeline(transaction=True)
         for letter_id, event in letters:
             pipe.xadd(self.key, {EVENT_FIELD: event, REPLAY_FIELD: letter_id.encode()})
-        await pipe.execute()
+        with broker_errors():
+            await pipe.execute()
 
     async def delivery_counts(self, consumer: str, ids: Sequence[bytes]) -> dict[bytes, int]:
-        """How many times Redis delivered each entry, for those still pending on `consumer`."""
+        """How many times Redis delivered each entry, for those still unacked on `consumer`."""
         pipe = self.redis.pipeline(transaction=False)
         for raw_id in ids:
             pipe.xpending_range(self.key, self.group, min=raw_id, max=raw_id, count=1,
                                 consumername=consumer)
         counts: dict[bytes, int] = {}
-        for reply in await pipe.execute():
-            for pending in reply:
-                counts[pending["message_id"]] = int(pending["times_delivered"])
+        with broker_errors():
+            replies = await pipe.execute()
+        for reply in replies:
+            for unacked in reply:
+                counts[unacked["message_id"]] = int(unacked["times_delivered"])
         return counts
 
     async def ack(self, ids: Sequence[bytes]) -> None:
         if ids:
-            await self.redis.xack(self.key, self.group, *ids)
+            with broker_errors():
+                await self.redis.xack(self.key, self.group, *ids)
 
     async def received(self) -> int:
-        return int(await self.redis.get(received_key(self.key)) or 0)
+        with broker_errors():
+            return int(await self.redis.get(received_key(self.key)) or 0)
 
     async def group_state(self) -> GroupState:
         """The group's state in one atomic look (MULTI: XINFO GROUPS + XPENDING summary)."""
+        with broker_errors():
+            return await self._group_state()
+
+    async def _group_state(self) -> GroupState:
         pipe = self.redis.pipeline(transaction=True)
         pipe.xinfo_groups(self.key)
         pipe.xpending(self.key, self.group)
@@ -158,7 +173,7 @@ class Stream:
         except ResponseError:
             # No stream (nothing was ever published), or no group yet: then nothing was
             # delivered, and every entry in the stream is waiting.
-            return GroupState(exists=False, pending=0, lag=int(await self.redis.xlen(self.key)))
+            return GroupState(exists=False, unacked=0, lag=int(await self.redis.xlen(self.key)))
         group = next(g for g in groups if _text(g["name"]) == self.group)
         last_delivered = StreamId.parse(group["last-delivered-id"])
         lag = group.get("lag")
@@ -167,14 +182,12 @@ class Stream:
             start = f"({last_delivered}"
             lag = len(await self.redis.xrange(self.key, min=start, max="+") or [])
         oldest = StreamId.parse(summary["min"]) if summary["pending"] else None
-        return GroupState(exists=True, pending=int(summary["pending"]), lag=int(lag),
-                          oldest_pending=oldest, last_delivered=last_delivered)
+        return GroupState(exists=True, unacked=int(summary["pending"]), lag=int(lag),
+                          oldest_unacked=oldest, last_delivered=last_delivered)
 
     async def pending(self) -> int:
-        """Accepted entries the group has not settled: delivered but not acked, plus not
-        delivered yet."""
-        state = await self.group_state()
-        return state.pending + state.lag
+        """Accepted entries the group has not settled (SPEC §3 `pending`)."""
+        return (await self.group_state()).pending
 
     async def trim_settled(self) -> int:
         """Trim the entries the group has settled, and no other; return how many went."""
@@ -182,18 +195,35 @@ class Stream:
         return 0 if boundary is None else await self.trim_below(boundary)
 
     async def trim_below(self, boundary: StreamId) -> int:
-        return int(await self.redis.xtrim(self.key, minid=str(boundary), approximate=False))
+        with broker_errors():
+            return int(await self.redis.xtrim(self.key, minid=str(boundary), approximate=False))
 
     async def remove_gone_consumers(self, idle_ms: int) -> list[str]:
-        """Remove consumers with nothing pending, idle for longer than `idle_ms`."""
-        try:
-            removed = await self._remove_gone(keys=[self.key], args=[self.group, idle_ms])
-        except ResponseError:  # no stream or no group yet
-            return []
+        """Remove consumers with nothing unacked, idle for longer than `idle_ms`."""
+        with broker_errors():
+            try:
+                removed = await self._remove_gone(keys=[self.key], args=[self.group, idle_ms])
+            except ResponseError:  # no stream or no group yet
+                return []
         return [_text(name) for name in removed]
 
     async def ping(self) -> None:
-        await self.redis.ping()
+        with broker_errors():
+            await self.redis.ping()
+
+
+@contextmanager
+def broker_errors() -> Iterator[None]:
+    """Raise redis-py's failures as logagg's exceptions, cause kept: NOGROUP (the group is
+    gone) as `GroupMissing`, anything else as `BrokerUnavailable`."""
+    try:
+        yield
+    except ResponseError as error:
+        if str(error).startswith("NOGROUP"):
+            raise GroupMissing(str(error)) from error
+        raise BrokerUnavailable(f"{type(error).__name__}: {error}") from error
+    except RedisError as error:
+        raise BrokerUnavailable(f"{type(error).__name__}: {error}") from error
 
 
 def _text(value: bytes | str) -> str:

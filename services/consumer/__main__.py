@@ -11,10 +11,8 @@ import uvloop
 from prometheus_client import start_http_server
 
 from services.consumer.loop import Consumer
-from shared.db import make_pool
+from shared.clients import CONSUMER, opened
 from shared.settings import Settings
-from shared.store import Store
-from shared.stream import Stream, connect
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +34,12 @@ async def consume(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    redis = connect(settings.redis_url)
-    pool = make_pool(settings.database_url, max_size=1, name=settings.consumer_name)
-    # Do not wait for PostgreSQL here: the loop backs off until it answers.
-    await pool.open(wait=False)
-    consumer = Consumer(settings, Stream(redis, key=settings.stream_key,
-                                         group=settings.consumer_group), Store(pool))
     logger.info("consumer starting", extra={"action": "consumer_start",
                                             "consumer": settings.consumer_name})
-    try:
-        await consumer.run(stop)
-    finally:
-        # Fixed order: the loop has finished its batch; close the broker, then the store.
-        await redis.aclose()
-        await pool.close()
-        logger.info("consumer stopped", extra=consumer.summary())
+    # PostgreSQL need not answer yet: the loop backs off until it does.
+    async with opened(settings, CONSUMER, name=settings.consumer_name) as clients:
+        consumer = Consumer(settings, clients.stream, clients.store)
+        try:
+            await consumer.run(stop)
+        finally:
+            logger.info("consumer stopped", extra=consumer.summary())

@@ -3,8 +3,8 @@
 Every consumer does it now and then; doing it twice at once is harmless. Settled entries are
 trimmed (never one that is pending or not yet delivered) and the store's settled floor rises to
 the same point, pruning the duplicate ledger below it; consumers that are gone (nothing pending,
-idle for CONSUMER_GONE_MS) are removed from the group; and the group's gauges (pending, lag,
-age of the oldest pending entry) are refreshed.
+idle for CONSUMER_GONE_MS) are removed from the group; and the group's gauges (unacked, lag,
+age of the oldest unacked entry) are refreshed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 
-from services.consumer import poison
 from shared.metrics import record_group_state
 from shared.settings import Settings
 from shared.store import Store
@@ -42,8 +41,7 @@ class Housekeeping:
         trimmed = pruned = 0
         if state.settled_below is not None:
             trimmed = await self.stream.trim_below(state.settled_below)
-            with poison.system_failures_are_transient():
-                pruned = await self.store.raise_floor(state.settled_below)
+            pruned = await self.store.raise_floor(state.settled_below)
         removed = await self.stream.remove_gone_consumers(self.gone_ms)
         if trimmed or pruned or removed:
             logger.info("housekeeping", extra={

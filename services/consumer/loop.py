@@ -1,15 +1,15 @@
 """The consumer's loop: read a batch, settle it in one transaction, then ack it.
 
 Acking only after COMMIT is what makes delivery at-least-once; the store's redelivery check is
-what makes a second delivery harmless. A batch whose transaction failed is not acked: a
-transient failure (PostgreSQL down, a deadlock) is retried here until it succeeds or the process
-is asked to stop; an entry the store rejects is isolated and handed to `poison` (dead letters).
+what makes a second delivery harmless. A batch whose transaction failed is not acked: every call
+runs under the retry policy (`retry.py`: outages, conflicts, a lost group) until it succeeds or
+the process is asked to stop; an entry the store rejects is isolated and, in the end,
+dead-lettered (`dead_letters.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -17,12 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from redis.exceptions import RedisError
-
-from services.consumer import poison
+from services.consumer import dead_letters
 from services.consumer.housekeeping import Housekeeping
 from services.consumer.recovery import Recovery
-from shared.events import Entry, Unreadable
+from services.consumer.retry import Stopped, until_done
+from shared.entries import Entry, Unreadable
 from shared.metrics import BATCH_ENTRIES, BATCH_SECONDS, EVENTS_PROCESSED, REDELIVERIES
 from shared.settings import Settings
 from shared.store import Failure, Settled, Store
@@ -31,13 +30,8 @@ from shared.stream import RawEntry, Stream
 logger = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 1000  # how long a read may block: also the longest wait for a stop request
-MAX_BACKOFF_S = 5.0
 
 T = TypeVar("T")
-
-
-class Stopped(Exception):
-    """A stop was requested while waiting for a server to come back."""
 
 
 @dataclass
@@ -80,7 +74,7 @@ class Consumer:
         after = b"0"
         while not stop.is_set():
             own = await self._until_done(functools.partial(
-                self.stream.read_own_pending, self.name, self.settings.batch_size, after), stop)
+                self.stream.read_own_unacked, self.name, self.settings.batch_size, after), stop)
             if not own:
                 return
             REDELIVERIES.labels(how="resumed").inc(len(own))
@@ -109,10 +103,10 @@ class Consumer:
         # If a stop comes while PostgreSQL is away, nothing was committed or acked: the entries
         # stay pending for another consumer.
         outcome = await self._until_done(
-            lambda: poison.settle_isolating(self.store, entries), stop)
+            lambda: dead_letters.settle_isolating(self.store, entries), stop)
         failures = [*outcome.failures, *(Failure.of_unreadable(u) for u in unreadable)]
         given_up = await self._until_done(
-            lambda: poison.give_up_exhausted(self.stream, self.store, self.name,
+            lambda: dead_letters.give_up_exhausted(self.stream, self.store, self.name,
                                              self.settings.max_deliveries, failures), stop)
         # Committed: from here on a lost ack costs only a harmless redelivery.
         done = [e.raw_id for e in outcome.settled_entries] + given_up.ids
@@ -122,7 +116,7 @@ class Consumer:
         self._account(len(raw), outcome.settled, given_up, len(failures),
                       time.perf_counter() - started)
 
-    def _account(self, size: int, settled: Settled, given_up: poison.GivenUp, failed: int,
+    def _account(self, size: int, settled: Settled, given_up: dead_letters.GivenUp, failed: int,
                  seconds: float) -> None:
         unique, duplicate = settled.unique_total, settled.duplicate_total
         redelivered = size - failed - unique - duplicate
@@ -144,26 +138,7 @@ class Consumer:
             "dead_lettered": given_up.new, "ms": round(seconds * 1000, 1)})
 
     async def _until_done(self, call: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
-        """Retry a call through outages of Redis or PostgreSQL (and lost lock races), backing
-        off, until it succeeds; raise `Stopped` if a stop is requested meanwhile."""
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except (RedisError, poison.Transient) as error:
-                if stop.is_set():
-                    raise Stopped() from error
-                attempt += 1
-                what = "broker" if isinstance(error, RedisError) else "store"
-                await self._pause(what, error, stop, attempt)
-
-    async def _pause(self, what: str, error: BaseException, stop: asyncio.Event,
-                     attempt: int = 1) -> None:
-        delay = min(MAX_BACKOFF_S, 0.1 * 2 ** (attempt - 1))
-        logger.warning("%s unavailable, retrying in %.1fs: %s", what, delay, error,
-                       extra={"action": f"{what}_unavailable", "attempt": attempt})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
+        return await until_done(call, stream=self.stream, stop=stop)
 
     def summary(self) -> dict[str, object]:
         t = self.totals

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from services.consumer import poison
-from shared.events import StreamId
+from shared.entries import StreamId
 from shared.metrics import REDELIVERIES
 from shared.settings import Settings
 from shared.store import Failure, Store
@@ -62,7 +61,6 @@ class Recovery:
         letters, so that `received` still balances."""
         vanished = [Failure(raw_id, StreamId.parse(raw_id), "deleted",
                             "the entry left the stream while pending") for raw_id in ids]
-        with poison.system_failures_are_transient():
-            new = await self.store.dead_letter(vanished)
+        new = await self.store.dead_letter(vanished)
         logger.warning("pending entries no longer in the stream", extra={
             "action": "entries_vanished", "count": len(ids), "dead_lettered": new})

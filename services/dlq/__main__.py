@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
-from shared.db import make_pool
-from shared.events import StreamId
+from shared.clients import TOOL, opened
+from shared.entries import StreamId
 from shared.settings import Settings
 from shared.store import DeadLetter, Store
-from shared.stream import Stream, connect
 
 PAGE = 500
 
@@ -49,22 +47,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
-@asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[tuple[Stream, Store]]:
-    redis = connect(settings.redis_url)
-    pool = make_pool(settings.database_url, max_size=1, name="dlq")
-    await pool.open(wait=True)
-    try:
-        yield Stream(redis, key=settings.stream_key, group=settings.consumer_group), Store(pool)
-    finally:
-        await pool.close()
-        await redis.aclose()
-
-
 async def _list(settings: Settings, args: argparse.Namespace) -> int:
     status = None if args.status == "all" else args.status
-    async with opened(settings) as (_, store):
-        letters = await store.dead_letters(status=status, limit=args.limit)
+    async with opened(settings, TOOL, name="dlq") as clients:
+        letters = await clients.store.dead_letters(status=status, limit=args.limit)
     for letter in letters:
         print(orjson.dumps(letter.as_json(), option=orjson.OPT_UTC_Z).decode() if args.json
               else _line(letter))
@@ -99,7 +85,8 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
 async def replay(settings: Settings, positions: Sequence[StreamId] | None) -> Replayed:
     """Re-enqueue the named letters (None: every letter still dead)."""
     result = Replayed()
-    async with opened(settings) as (stream, store):
+    async with opened(settings, TOOL, name="dlq") as clients:
+        stream, store = clients.stream, clients.store
         if positions is None:
             letters = await _all_dead(store)
         else:

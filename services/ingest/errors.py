@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shared.exceptions import Unavailable
+
 
 class ApiError(Exception):
     def __init__(self, status: int, error: str, message: str, *,
@@ -32,7 +34,8 @@ def json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()
 
 
-def unavailable(what: str, error: BaseException) -> ApiError:
-    """503 for a dependency that did not answer; clients retry after a second."""
-    return ApiError(503, f"{what}_unavailable", f"{what} is not answering: {error}",
+def unavailable(error: Unavailable) -> ApiError:
+    """503 for a dependency that did not answer (`broker_unavailable`, `store_unavailable`);
+    clients retry after a second."""
+    return ApiError(503, f"{error.what}_unavailable", f"{error.what} is not answering: {error}",
                     headers={"Retry-After": "1"})

@@ -1,4 +1,8 @@
-"""Thin request handlers: parse and check the request, call the domain, shape the answer."""
+"""Thin request handlers: parse and check the request, call the domain, shape the answer.
+
+An outage of Redis or PostgreSQL (`Unavailable`) is not handled here: it goes up to
+`middlewares.errors_as_json`, which answers 503 for every route alike.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +15,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import psycopg
-import psycopg_pool
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
 
-from services.ingest.errors import ApiError, json_dumps, unavailable
+from services.ingest.bodies import read_events
+from services.ingest.errors import ApiError, json_dumps
 from services.ingest.keys import BACKLOG, SETTINGS, STARTED, STORE, STREAM
-from shared import cursor, validation
-from shared.events import BodyShapeError, events_of
-from shared.exceptions import InvalidCursor
+from shared import cursor
+from shared.exceptions import BrokerUnavailable, InvalidCursor, Unavailable
 from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS, record_group_state
 from shared.paths import OPENAPI_FILE, STATIC_DIR
 
 logger = logging.getLogger(__name__)
 
-STORE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
 MAX_PAGE = 1000
 LIMIT = re.compile(r"[0-9]{1,6}")
 
@@ -37,53 +37,29 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 async def publish(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
+    """Parse the request into valid events, then append them all, or none."""
     started = time.perf_counter()
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type",
-                       f"send Content-Type: application/json, not {request.content_type!r}")
-    if (request.content_length or 0) > settings.max_body_bytes:
-        raise ApiError(413, "body_too_large",
-                       f"the body is over MAX_BODY_BYTES ({settings.max_body_bytes} bytes)")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
-    try:
-        events = events_of(body)
-    except BodyShapeError as error:
-        raise ApiError(400, "invalid_body", str(error)) from None
-    if len(events) > settings.max_batch_events:
-        raise ApiError(413, "too_many_events",
-                       f"{len(events)} events is over MAX_BATCH_EVENTS "
-                       f"({settings.max_batch_events}): split the batch")
-    problems = validation.problems(events)
-    if problems:
-        bad = len({p["index"] for p in problems})
-        raise ApiError(422, "invalid_event",
-                       f"{bad} of {len(events)} events failed validation; none was accepted",
-                       details=list(problems))
-    backlog = request.app[BACKLOG]
-    try:
-        if not await backlog.admits(len(events)):
-            raise ApiError(503, "backlog_full",
-                           f"the backlog is over MAX_BACKLOG ({settings.max_backlog} events); "
-                           "retry later", headers={"Retry-After": "2"})
-        await request.app[STREAM].publish([orjson.dumps(e) for e in events])
-    except RedisError as error:
-        raise unavailable("broker", error) from None
-    backlog.added(len(events))
+    events = await read_events(request, request.app[SETTINGS])
+    await append(request.app, events)
     EVENTS_ACCEPTED.inc(len(events))
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     return _json({"accepted": len(events)}, status=202)
 
 
+async def append(app: web.Application, events: list[Any]) -> None:
+    """Append valid events to the stream, unless the backlog is full (503 `backlog_full`)."""
+    backlog = app[BACKLOG]
+    if not await backlog.admits(len(events)):
+        raise ApiError(503, "backlog_full",
+                       f"the backlog is over MAX_BACKLOG ({backlog.limit} events); retry later",
+                       headers={"Retry-After": "2"})
+    await app[STREAM].publish([orjson.dumps(e) for e in events])
+    backlog.added(len(events))
+
+
 async def list_events(request: web.Request) -> web.Response:
     topic, after, limit = _page_query(request.query)
-    try:
-        rows = await request.app[STORE].events_page(topic=topic, after=after, limit=limit)
-    except STORE_ERRORS as error:
-        raise unavailable("store", error) from None
+    rows = await request.app[STORE].events_page(topic=topic, after=after, limit=limit)
     following = cursor.encode(rows[-1].position) if len(rows) == limit else None
     return _json({"events": [row.as_json() for row in rows], "next": following})
 
@@ -121,14 +97,8 @@ def _bad_query(name: str, why: str) -> ApiError:
 
 async def stats(request: web.Request) -> web.Response:
     stream, store = request.app[STREAM], request.app[STORE]
-    try:
-        received, pending = await asyncio.gather(stream.received(), stream.pending())
-    except RedisError as error:
-        raise unavailable("broker", error) from None
-    try:
-        counts = await store.stats()
-    except STORE_ERRORS as error:
-        raise unavailable("store", error) from None
+    received, pending = await asyncio.gather(stream.received(), stream.pending())
+    counts = await store.stats()
     return _json({
         "received": received,
         "unique_processed": counts.total("unique_processed"),
@@ -161,7 +131,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def _check(probe: Any) -> str:
     try:
         await asyncio.wait_for(probe, timeout=2)
-    except (RedisError, *STORE_ERRORS, TimeoutError, OSError) as error:
+    except (Unavailable, TimeoutError, OSError) as error:
         return f"unavailable: {type(error).__name__}"
     return "ok"
 
@@ -169,7 +139,7 @@ async def _check(probe: Any) -> str:
 async def metrics(request: web.Request) -> web.Response:
     # The group's gauges are read now, so a scrape sees the current backlog; a broker outage
     # leaves the last values, and the scrape still succeeds.
-    with contextlib.suppress(RedisError):
+    with contextlib.suppress(BrokerUnavailable):
         record_group_state(await request.app[STREAM].group_state())
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -1,4 +1,5 @@
-"""Middlewares of the ingest app: every answer is JSON, and every answer is counted."""
+"""Middlewares of the ingest app: every answer is JSON, every answer is counted, and an outage
+of Redis or PostgreSQL is a 503 on every route."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
-from services.ingest.errors import ApiError
+from services.ingest.errors import ApiError, unavailable
+from shared.exceptions import Unavailable
 from shared.metrics import HTTP_REQUESTS
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except ApiError as error:
         return error.response()
+    except Unavailable as error:
+        return unavailable(error).response()
     except web.RequestPayloadError as error:
         # A body that cannot be read as sent, e.g. `Content-Encoding: gzip` over plain bytes.
         return ApiError(400, "unreadable_body", f"the body could not be read: {error}").response()

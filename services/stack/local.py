@@ -120,20 +120,8 @@ class LocalStack:
                 self.start_consumer(number - 1)
 
     def environment(self, **extra: str) -> dict[str, str]:
-        s = self.settings
-        env = dict(os.environ)
-        env.update({
-            "REDIS_URL": s.redis_url, "DATABASE_URL": s.database_url,
-            "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(s.ingest_port),
-            "STREAM_KEY": s.stream_key, "CONSUMER_GROUP": s.consumer_group,
-            "BATCH_SIZE": str(s.batch_size), "CLAIM_IDLE_MS": str(s.claim_idle_ms),
-            "MAX_DELIVERIES": str(s.max_deliveries), "LOG_LEVEL": s.log_level,
-            "LOG_FORMAT": s.log_format, "MAX_BACKLOG": str(s.max_backlog),
-            "CONSUMER_GONE_MS": str(s.consumer_gone_ms),
-            "MAX_BATCH_EVENTS": str(s.max_batch_events), "MAX_BODY_BYTES": str(s.max_body_bytes),
-        })
-        env.update(extra)
-        return env
+        """A child's environment: this stack's settings, ingest on the loopback, then `extra`."""
+        return {**os.environ, **self.settings.to_env(), "INGEST_HOST": "127.0.0.1", **extra}
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -47,8 +47,8 @@ def test_ingest_and_consumer_expositions_pass_promtool(stack_with_metrics: Local
     ingest = scrape(f"{stack.base_url}/metrics")
     promtool_check(ingest)
     for name in ("logagg_http_requests_total", "logagg_events_accepted_total",
-                 "logagg_publish_seconds_bucket", "logagg_stream_pending_entries",
-                 "logagg_stream_lag_entries", "logagg_oldest_pending_age_seconds"):
+                 "logagg_publish_seconds_bucket", "logagg_stream_unacked_entries",
+                 "logagg_stream_lag_entries", "logagg_oldest_unacked_age_seconds"):
         assert name in ingest
 
     consumer = scrape(f"http://127.0.0.1:{stack.settings.metrics_port}/metrics")

@@ -59,9 +59,9 @@ PROMETHEUS_SERIES = {"up"}
 DASHBOARD_METRICS = {
     "logagg_events_accepted_total",
     "logagg_events_processed_total",
-    "logagg_stream_pending_entries",
+    "logagg_stream_unacked_entries",
     "logagg_stream_lag_entries",
-    "logagg_oldest_pending_age_seconds",
+    "logagg_oldest_unacked_age_seconds",
     "logagg_batch_seconds_bucket",
     "logagg_publish_seconds_bucket",
 }

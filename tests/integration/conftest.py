@@ -10,12 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from services.ingest.app import create_app
 from services.stack.servers import PostgresServer, RedisServer
-from shared.db import make_pool
+from shared.clients import Clients, Role, opened
 from shared.migrations import migrate
 from shared.settings import Settings
 from shared.store import Store
@@ -46,29 +45,30 @@ def settings(redis_server: RedisServer, database_url: str) -> Settings:
         consumer_name="test-consumer", claim_idle_ms=200, batch_size=50, metrics_port=0)
 
 
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
+# Like a command-line tool, but with room for the concurrent transactions some tests run.
+TEST_ROLE = Role("test", pool_size=8, pool_timeout=30.0, wait_for_store=True)
 
 
 @pytest.fixture
-def stream(redis: Redis, settings: Settings) -> Stream:
-    return Stream(redis, key=settings.stream_key, group=settings.consumer_group)
+async def clients(settings: Settings) -> AsyncIterator[Clients]:
+    """The stream and the store, opened as every logagg process opens them."""
+    async with opened(settings, TEST_ROLE) as test_clients:
+        yield test_clients
 
 
 @pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
-    pool = make_pool(settings.database_url, max_size=8, name="test")
-    await pool.open(wait=True)
-    yield pool
-    await pool.close()
+def redis(clients: Clients) -> Redis:
+    return clients.stream.redis
 
 
 @pytest.fixture
-def store(pool: AsyncConnectionPool) -> Store:
-    return Store(pool)
+def stream(clients: Clients) -> Stream:
+    return clients.stream
+
+
+@pytest.fixture
+def store(clients: Clients) -> Store:
+    return clients.store
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from services.consumer.loop import Consumer, decode
-from shared.events import Entry, StreamId
+from shared.entries import Entry, StreamId
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from services.dlq.__main__ import replay
 from shared.constants import EVENT_FIELD
-from shared.events import StreamId
+from shared.entries import StreamId
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream

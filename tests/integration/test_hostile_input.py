@@ -45,7 +45,7 @@ from services.ingest.app import create_app
 from services.ingest.keys import SETTINGS, STORE, STREAM
 from shared import cursor
 from shared.constants import received_key
-from shared.events import StreamId
+from shared.entries import StreamId
 from shared.settings import Settings
 
 # Small limits, so that 413s (body size and batch length) are reached by cheap examples.

@@ -1,4 +1,4 @@
-"""The shapes a publish body may take (SPEC §3), through `shared.events.events_of`."""
+"""The shapes a publish body may take (SPEC §3), through `services.ingest.bodies.events_of`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.events import BodyShapeError, events_of
+from services.ingest.bodies import BodyShapeError, events_of
 from tests.helpers import event
 
 

@@ -1,4 +1,4 @@
-"""Opaque page cursors (`shared.cursor`) and the stream id they carry (`shared.events.StreamId`)."""
+"""Opaque page cursors (`shared.cursor`) and the stream id they carry (`shared.entries`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from shared import cursor
-from shared.events import StreamId
+from shared.entries import StreamId
 from shared.exceptions import InvalidCursor
 
 POSITIONS = [

@@ -1,4 +1,4 @@
-"""The event model: what a publish request may look like, and how an event rides the stream.
+"""The stream entry model: how an accepted event rides the stream, and how a consumer reads it.
 
 An accepted event goes into the stream as the JSON bytes it arrived as (re-serialized once, so
 that every copy of the same event is byte for byte the same), under one field. Its stream entry id
@@ -10,40 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
 
 from shared.constants import EVENT_FIELD, REPLAY_FIELD
-
-
-class BodyShapeError(ValueError):
-    """The body is JSON, but not one event, an array of events or `{"events": [...]}`."""
-
-
-def events_of(body: Any) -> list[Any]:
-    """The events a publish body carries, in order (SPEC §3: one, an array, or an envelope).
-
-    An object with an `events` key is the envelope: an event cannot have that field, since the
-    schema rejects unknown fields. Whether each item is a valid event is validation's business.
-    """
-    if isinstance(body, list):
-        events = body
-    elif isinstance(body, dict) and "events" in body:
-        if set(body) != {"events"}:
-            extra = sorted(set(body) - {"events"})
-            raise BodyShapeError(f"the envelope takes only 'events', not {extra}")
-        if not isinstance(body["events"], list):
-            raise BodyShapeError("'events' must be an array of events")
-        events = body["events"]
-    elif isinstance(body, dict):
-        events = [body]
-    else:
-        raise BodyShapeError("the body must be an event, an array of events or {\"events\": [...]}")
-    if not events:
-        raise BodyShapeError("the request carries no event")
-    return events
-
 
 _STREAM_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
 _BIGINT = 2**63  # positions are stored as PostgreSQL bigints

@@ -1,0 +1,74 @@
+"""Request bodies of `POST /publish`: from the bytes a client sent to the events it carries.
+
+`read_events` checks the request in the order that costs least first (content type, declared
+size, JSON, shape, count, then the schema) and answers the first problem as an `ApiError`
+naming what is wrong; events that come back are valid, ready to append.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.ingest.errors import ApiError
+from shared import validation
+from shared.settings import Settings
+
+
+class BodyShapeError(ValueError):
+    """The body is JSON, but not one event, an array of events or `{"events": [...]}`."""
+
+
+async def read_events(request: web.Request, settings: Settings) -> list[Any]:
+    """The valid events of a publish request, or an `ApiError` (400, 413, 415, 422)."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       f"send Content-Type: application/json, not {request.content_type!r}")
+    if (request.content_length or 0) > settings.max_body_bytes:
+        raise ApiError(413, "body_too_large",
+                       f"the body is over MAX_BODY_BYTES ({settings.max_body_bytes} bytes)")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    try:
+        events = events_of(body)
+    except BodyShapeError as error:
+        raise ApiError(400, "invalid_body", str(error)) from None
+    if len(events) > settings.max_batch_events:
+        raise ApiError(413, "too_many_events",
+                       f"{len(events)} events is over MAX_BATCH_EVENTS "
+                       f"({settings.max_batch_events}): split the batch")
+    problems = validation.problems(events)
+    if problems:
+        bad = len({p["index"] for p in problems})
+        raise ApiError(422, "invalid_event",
+                       f"{bad} of {len(events)} events failed validation; none was accepted",
+                       details=list(problems))
+    return events
+
+
+def events_of(body: Any) -> list[Any]:
+    """The events a publish body carries, in order (SPEC §3: one, an array, or an envelope).
+
+    An object with an `events` key is the envelope: an event cannot have that field, since the
+    schema rejects unknown fields. Whether each item is a valid event is validation's business.
+    """
+    if isinstance(body, list):
+        events = body
+    elif isinstance(body, dict) and "events" in body:
+        if set(body) != {"events"}:
+            extra = sorted(set(body) - {"events"})
+            raise BodyShapeError(f"the envelope takes only 'events', not {extra}")
+        if not isinstance(body["events"], list):
+            raise BodyShapeError("'events' must be an array of events")
+        events = body["events"]
+    elif isinstance(body, dict):
+        events = [body]
+    else:
+        raise BodyShapeError("the body must be an event, an array of events or {\"events\": [...]}")
+    if not events:
+        raise BodyShapeError("the request carries no event")
+    return events

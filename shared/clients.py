@@ -1,0 +1,94 @@
+"""Clients of Redis and PostgreSQL: opened and closed here, and nowhere else.
+
+Every process (ingest, a consumer, `logagg dlq`, the CLI) gets its `Stream` and `Store` from
+`opened()`, in one order: Redis first, then PostgreSQL; closed in the reverse order, so the
+store outlives the broker client by nothing and a failure while opening closes what was opened.
+PostgreSQL may be down when a process starts: the pool opens without waiting unless told to,
+and calls made meanwhile raise `StoreUnavailable` (see `shared/store_errors.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.settings import Settings
+from shared.store import Store
+from shared.store_errors import translated
+from shared.stream import Stream
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """How a kind of process uses PostgreSQL."""
+
+    name: str
+    pool_size: int  # connections at most
+    pool_timeout: float  # seconds a call waits for a connection before StoreUnavailable
+    wait_for_store: bool  # open only once PostgreSQL answers
+
+
+# Ingest serves concurrent reads, and a read answers 503 quickly while PostgreSQL is down;
+# a consumer settles one batch at a time and waits out outages; a command-line tool wants the
+# store at once or a clear failure.
+INGEST = Role("ingest", pool_size=4, pool_timeout=2.0, wait_for_store=False)
+CONSUMER = Role("consumer", pool_size=1, pool_timeout=30.0, wait_for_store=False)
+TOOL = Role("tool", pool_size=1, pool_timeout=30.0, wait_for_store=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Clients:
+    stream: Stream
+    store: Store
+
+
+def connect_redis(redis_url: str) -> Redis:
+    """The Redis client every process uses. A connection idle for a couple of seconds is
+    checked with a PING before use, and a command whose connection turns out dead is sent
+    again on a fresh one: after a Redis restart, callers see the outage, not its leftovers."""
+    return Redis.from_url(
+        # A blocking read waits READ_BLOCK_MS (1 s) at most: 10 s without an answer is a hang.
+        redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=2,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[RedisConnectionError])
+
+
+def make_pool(database_url: str, role: Role, name: str) -> AsyncConnectionPool:
+    """A pool that is not open yet.
+
+    Connections are in autocommit mode: a transaction is always an explicit `conn.transaction()`
+    block, so none is left open by accident between statements. Sessions speak UTC, so stored
+    timestamps come back in UTC. A connection that died with its server is dropped instead of
+    handed out.
+    """
+    return AsyncConnectionPool(
+        database_url, min_size=1, max_size=role.pool_size, name=name,
+        timeout=role.pool_timeout, open=False,
+        kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
+        check=AsyncConnectionPool.check_connection)
+
+
+@asynccontextmanager
+async def opened(settings: Settings, role: Role, name: str | None = None
+                 ) -> AsyncIterator[Clients]:
+    """The stream and the store of this deployment, for as long as the block runs."""
+    redis = connect_redis(settings.redis_url)
+    try:
+        pool = make_pool(settings.database_url, role, name or role.name)
+        try:
+            with translated():
+                await pool.open(wait=role.wait_for_store)
+            yield Clients(
+                Stream(redis, key=settings.stream_key, group=settings.consumer_group),
+                Store(pool))
+        finally:
+            await pool.close()
+    finally:
+        await redis.aclose()
