@@ -34,7 +34,9 @@ class Stopped(Exception):
 
 def backoff_s(attempt: int) -> float:
     """The pause before try `attempt + 1` after an outage: 0.1 s, doubling, at most 5 s."""
-    return min(MAX_BACKOFF_S, 0.1 * 2.0 ** (attempt - 1))
+    # The exponent is capped: 2.0 ** 1024 overflows, and an outage of 85 minutes takes the
+    # count of attempts that far.
+    return min(MAX_BACKOFF_S, 0.1 * 2.0 ** min(attempt - 1, 16))
 
 
 async def until_done(call: Callable[[], Awaitable[T]], *, stream: Stream,

@@ -40,5 +40,5 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     # says so, and reads get a quick 503.
     async with opened(app[SETTINGS], INGEST) as clients:
         app[STREAM], app[STORE] = clients.stream, clients.store
-        app[BACKLOG] = Backlog(clients.stream, app[SETTINGS].max_backlog)
+        app[BACKLOG] = Backlog(app[SETTINGS].max_backlog)
         yield

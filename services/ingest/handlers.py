@@ -49,7 +49,9 @@ async def publish(request: web.Request) -> web.Response:
 async def append(app: web.Application, events: list[Any]) -> None:
     """Append valid events to the stream, unless the backlog is full (503 `backlog_full`)."""
     backlog = app[BACKLOG]
-    if not await backlog.admits(len(events)):
+    if backlog.stale(time.monotonic()):
+        backlog.refreshed(await app[STREAM].pending(), time.monotonic())
+    if not backlog.admits(len(events)):
         raise ApiError(503, "backlog_full",
                        f"the backlog is over MAX_BACKLOG ({backlog.limit} events); retry later",
                        headers={"Retry-After": "2"})

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from services.consumer.loop import Consumer
 from services.ingest.app import create_app
 from services.stack.servers import free_port
+from shared import store as store_module
 from shared.constants import received_key
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event
+from tests.helpers import event, eventually
 
 Client = TestClient[Any, Any]
 
@@ -171,16 +176,67 @@ async def test_events_rejects_a_bad_parameter_with_400(
     assert body["details"][0]["parameter"] == next(iter(query))
 
 
-async def test_stats_reports_every_counter(client: Client) -> None:
-    await post(client, [event("a"), event("a"), event("b", topic="billing")])
+# A known workload: a duplicate in `auth`, two in `billing`, and one event the database refuses
+# (a rule of the test's own database), which becomes a dead letter.
+REFUSED_SOURCE = "refused-by-policy"
+WORKLOAD = [event("a", topic="auth"), event("a", topic="auth"), event("b", topic="auth"),
+            event("c", topic="billing"), event("c", topic="billing"),
+            event("c", topic="billing"), event("x", topic="billing", source=REFUSED_SOURCE)]
+
+
+async def stats_without_uptime(client: Client) -> dict[str, Any]:
     answer = await client.get("/stats")
-    stats = await answer.json()
     assert answer.status == 200
-    assert set(stats) == {"received", "unique_processed", "duplicate_dropped", "dead_lettered",
-                          "pending", "uptime_seconds", "topics"}
-    assert stats["received"] == 3
-    assert stats["pending"] == 3  # no consumer ran
-    assert stats["uptime_seconds"] >= 0
+    stats: dict[str, Any] = await answer.json()
+    uptime = stats.pop("uptime_seconds")
+    assert isinstance(uptime, float | int) and uptime >= 0
+    return stats
+
+
+async def settle_all(settings: Settings, stream: Stream, store: Store) -> None:
+    """Run the real consumer until nothing is pending, then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(Consumer(settings, stream, store).run(stop))
+
+    async def settled() -> bool:
+        if task.done():
+            task.result()  # a consumer that died says why
+        return await stream.pending() == 0
+
+    try:
+        await eventually(settled, what="the workload settled")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_stats_gives_every_counter_and_each_topic_exactly(
+        client: Client, settings: Settings, stream: Stream, store: Store,
+        sql: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    sql.execute(f"ALTER TABLE events ADD CONSTRAINT refuse CHECK (source <> '{REFUSED_SOURCE}')")
+    # Every transaction adds to the next counter shard but 0, so that /stats must sum them all.
+    shards = itertools.cycle(range(1, 16))
+    monkeypatch.setattr(store_module, "_shard", lambda: next(shards))
+
+    answer = await post(client, WORKLOAD)
+    assert (answer.status, await answer.json()) == (202, {"accepted": 7})
+    assert await stats_without_uptime(client) == {
+        "received": 7, "unique_processed": 0, "duplicate_dropped": 0, "dead_lettered": 0,
+        "pending": 7, "topics": {}}  # nothing delivered: all lag
+
+    worker = dataclasses.replace(settings, consumer_name="worker", max_deliveries=1)
+    await stream.ensure_group()
+    assert len(await stream.read_new(worker.consumer_name, 3, 10)) == 3
+    state = await stream.group_state()
+    assert (state.unacked, state.lag) == (3, 4)
+    assert (await stats_without_uptime(client))["pending"] == 7
+
+    await settle_all(worker, stream, store)
+    assert await stats_without_uptime(client) == {
+        "received": 7, "unique_processed": 3, "duplicate_dropped": 3, "dead_lettered": 1,
+        "pending": 0,
+        "topics": {"auth": {"unique_processed": 2, "duplicate_dropped": 1},
+                   "billing": {"unique_processed": 1, "duplicate_dropped": 2}}}
 
 
 async def test_healthz_readyz_and_metrics_answer_200(client: Client) -> None:

@@ -254,3 +254,24 @@ def test_max_backlog_zero_means_no_limit_and_a_negative_one_is_an_error() -> Non
 def test_an_unknown_log_format_is_a_configuration_error_naming_it() -> None:
     with pytest.raises(ConfigurationError, match="LOG_FORMAT"):
         Settings.from_env({"LOG_FORMAT": "xml"})
+
+
+# to_env: the environment a parent gives its children (`logagg up`, `logagg demo`)
+
+
+def test_to_env_read_back_gives_the_same_settings_but_the_consumer_name() -> None:
+    # Every field away from its default, so a field that to_env leaves out comes back as its
+    # default and shows.
+    settings = Settings.from_env({name.upper(): raw for name, (raw, _) in OTHER_VALUES.items()})
+    defaults = Settings.from_env({})
+    assert [name for name in FIELDS
+            if getattr(settings, name) == getattr(defaults, name)] == []
+    child = Settings.from_env(settings.to_env())
+    assert child.consumer_name != settings.consumer_name
+    assert dataclasses.replace(child, consumer_name=settings.consumer_name) == settings
+
+
+def test_to_env_names_every_variable_but_consumer_name_with_text_values() -> None:
+    env = Settings.from_env({}).to_env()
+    assert set(env) == {name.upper() for name in FIELDS} - {"CONSUMER_NAME"}
+    assert all(isinstance(value, str) for value in env.values())
