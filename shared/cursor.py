@@ -28,4 +28,8 @@ def decode(cursor: str) -> StreamId:
         position = StreamId.parse(text[len(_VERSION):])
     except (ValueError, UnicodeError, binascii.Error):
         raise InvalidCursor() from None
+    # base64 decoding skips characters outside its alphabet: only the text this server hands
+    # out for that position (its padding kept or not) is one of its cursors.
+    if encode(position) != cursor.rstrip("="):
+        raise InvalidCursor()
     return position

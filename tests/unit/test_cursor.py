@@ -75,11 +75,14 @@ def test_different_positions_have_different_cursors() -> None:
     b64(f"v1:{2**63}-0"),
     b64(f"v1:0-{2**63}"),
     base64.urlsafe_b64encode(b"v1:\xff\xfe-1").decode(),
+    b64("v1:1-1") + "!",
+    b64("v1:1-1")[:3] + "." + b64("v1:1-1")[3:],
+    b64("v1:1-1") + "\n",
 ], ids=["empty", "word", "spaces", "bangs", "not-base64", "non-ascii", "raw-id",
         "no-version", "other-version", "capital-version", "version-only", "missing-seq",
         "empty-seq", "missing-ms", "negative-ms", "negative-seq", "three-parts", "letters",
         "fraction", "leading-space", "plus-sign", "underscore", "ms-over-bigint",
-        "seq-over-bigint", "binary"])
+        "seq-over-bigint", "binary", "junk-after", "junk-inside", "newline-after"])
 def test_a_cursor_that_this_server_did_not_hand_out_is_invalid(garbage: str) -> None:
     with pytest.raises(InvalidCursor):
         cursor.decode(garbage)
