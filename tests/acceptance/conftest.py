@@ -37,11 +37,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.acceptance)
 
 
-def local_stack(scratch: Path, **options: Any) -> LocalStack:
-    settings = Settings.from_env({}, ingest_port=free_port(), metrics_port=0,
-                                 claim_idle_ms=1000, batch_size=200)
+def local_stack(scratch: Path, settings: dict[str, Any] | None = None,
+                **options: Any) -> LocalStack:
+    """A stack (not started) in a folder of its own; `settings` override the defaults."""
+    defaults = {"ingest_port": free_port(), "metrics_port": 0, "claim_idle_ms": 1000,
+                "batch_size": 200}
+    config = Settings.from_env({}, **{**defaults, **(settings or {})})
     folder = Path(tempfile.mkdtemp(dir=scratch))
-    return LocalStack(settings, folder, redis_port=free_port(), postgres_port=free_port(),
+    return LocalStack(config, folder, redis_port=free_port(), postgres_port=free_port(),
                       durable=False, **options)
 
 

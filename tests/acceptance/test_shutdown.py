@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from tests.acceptance.conftest import (
     actions_in,
     freeze,
     held_by,
+    local_stack,
     logged_actions,
     received,
     signal_while_holding,
@@ -33,7 +36,8 @@ from tests.helpers import event
 EVENTS = 10_000
 UNIQUE = 7_000
 BATCH = 100  # the publisher's default: 100 requests
-IN_FLIGHT = 10  # events of the request held open across ingest's stop
+IN_FLIGHT = 10  # events of our own request, in flight across ingest's stop
+STUCK_S = 1.0  # how long Redis stays frozen after ingest began to stop
 
 
 class InFlightRequest:
@@ -109,13 +113,36 @@ def refuses_connections(port: int) -> bool:
     return False
 
 
+def appends_waiting_in_redis(redis_port: int) -> int:
+    """Publisher appends (100 events, over 22 KB each) that Redis has received and not read:
+    its sockets' receive queues that big. Our own request's append and the consumers'
+    commands (an XACK of 200 ids is under 5 KB) are smaller."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (int(fields[1].split(":")[1], 16) == redis_port
+                and int(fields[4].split(":")[1], 16) >= 16_384):
+            count += 1
+    return count
+
+
+@pytest.fixture
+def stack_without_backlog_check(scratch: Path) -> Iterator[LocalStack]:
+    """MAX_BACKLOG=0: no backlog read before the append. A request stuck on that read has
+    appended nothing, so only with it off is every request stuck in Redis an append that will
+    happen, whose answer must then reach the publisher."""
+    with local_stack(scratch, settings={"max_backlog": 0}) as running:
+        yield running
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_ingest_stopped_under_load_exits_0_and_loses_no_event(
-        stack: LocalStack, signum: int, tmp_path: Path) -> None:
+        stack_without_backlog_check: LocalStack, signum: int, tmp_path: Path) -> None:
     """The signal comes while requests are provably inside ingest's handlers: Redis is frozen
     (SIGSTOP), so every request that reached a handler is stuck at its append; one of them is
     ours, its body read by ingest. Then Redis is let go: each of them must get its answer, or
     the publisher would send that batch again and `received` would end above what was sent."""
+    stack = stack_without_backlog_check
     log = tmp_path / "publisher.log"
     sender = start_publish(stack, "--events", str(EVENTS), "--duplicates", "0.3",
                            "--rate", "2000", "--seed", "5", "--max-retries", "30",
@@ -124,6 +151,7 @@ def test_ingest_stopped_under_load_exits_0_and_loses_no_event(
     redis_server = stack.redis.process
     assert redis_server is not None
     port = stack.settings.ingest_port
+    redis_port = stack.redis.port
     with Redis.from_url(stack.settings.redis_url) as redis:
         # Requests are being answered: `received` rises.
         first = wait_for_received(redis, stack, 1, "from the publisher")
@@ -133,10 +161,18 @@ def test_ingest_stopped_under_load_exits_0_and_loses_no_event(
         try:
             freeze(redis_server)
             try:
+                wait_for(lambda: appends_waiting_in_redis(redis_port) > 0,
+                         "a publisher request stuck at its append", 10)
                 ours.send_body()
                 wait_for(ours.body_read_by_ingest, "ingest reads our request's body", 10)
                 ingest.send_signal(signum)
                 wait_for(lambda: refuses_connections(port), "ingest stops listening", 5)
+                # Its appends stay stuck for a while, well inside the 10 s ingest grants the
+                # requests in flight: it must wait for them, not give up and exit.
+                hold_until = time.monotonic() + STUCK_S
+                while time.monotonic() < hold_until:
+                    assert ingest.poll() is None, "ingest exited with requests in flight"
+                    time.sleep(0.01)
             finally:
                 thaw(redis_server)
             assert ours.answer() == (202, {"accepted": IN_FLIGHT}), \
