@@ -29,6 +29,7 @@ from shared.settings import Settings
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test collected from this folder (this hook sees the whole session's items:
     only those under tests/acceptance/ are marked)."""
