@@ -139,9 +139,10 @@ def stack_without_backlog_check(scratch: Path) -> Iterator[LocalStack]:
 def test_ingest_stopped_under_load_exits_0_and_loses_no_event(
         stack_without_backlog_check: LocalStack, signum: int, tmp_path: Path) -> None:
     """The signal comes while requests are provably inside ingest's handlers: Redis is frozen
-    (SIGSTOP), so every request that reached a handler is stuck at its append; one of them is
-    ours, its body read by ingest. Then Redis is let go: each of them must get its answer, or
-    the publisher would send that batch again and `received` would end above what was sent."""
+    (SIGSTOP), so every handler waits on it; a publisher's append is waiting unread in one of
+    Redis's sockets (it will run when Redis resumes), and our own request's body has been read
+    by ingest. Then Redis is let go: each request must get its answer, or the publisher would
+    send its batch again and `received` would end above what was sent."""
     stack = stack_without_backlog_check
     log = tmp_path / "publisher.log"
     sender = start_publish(stack, "--events", str(EVENTS), "--duplicates", "0.3",
