@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from services.stack.local import LocalStack
 from services.stack.servers import free_port
@@ -111,8 +112,13 @@ def logged_actions(stack: LocalStack, process: str) -> list[str]:
 def held_by(redis: Redis, stack: LocalStack, process: str) -> int:
     """Entries delivered to that consumer process and not acked yet."""
     name = stack.consumer_names[process]
-    return len(redis.xpending_range(stack.settings.stream_key, stack.settings.consumer_group,
-                                    min="-", max="+", count=10_000, consumername=name))
+    try:
+        return len(redis.xpending_range(stack.settings.stream_key, stack.settings.consumer_group,
+                                        min="-", max="+", count=10_000, consumername=name))
+    except ResponseError as error:
+        if "NOGROUP" in str(error):  # no consumer has created the group yet: none holds any
+            return 0
+        raise
 
 
 def received(redis: Redis, stack: LocalStack) -> int:
