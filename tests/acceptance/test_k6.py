@@ -65,15 +65,22 @@ def test_a_short_k6_run_holds_its_thresholds_and_the_stack_then_drains_with_exac
     metrics = summary["metrics"]
     sent, new, duplicates = (count(summary, f"logagg_events_{name}")
                              for name in ("sent", "new", "duplicate"))
-    assert sent == new + duplicates
-    assert sent >= 0.9 * RATE * DURATION_S, "k6 sent less than the arrival rate asked for"
-    assert 0.2 < duplicates / sent < 0.4  # DUPLICATES=0.3, drawn per event
-    assert metrics["http_req_failed"]["values"]["rate"] < 0.01
-    assert metrics["logagg_publish_accepted"]["values"]["rate"] > 0.99
+    # The arrival-rate executor starts RATE / BATCH iterations a second; whether it starts
+    # one more at the very end of DURATION is k6's timing, hence the one spare. None dropped.
+    iterations = count(summary, "iterations")
+    assert RATE // BATCH * DURATION_S <= iterations <= RATE // BATCH * DURATION_S + 1
+    assert "dropped_iterations" not in metrics
+    # Every request of every iteration answered, every batch answered 202 with all its events.
+    assert metrics["http_req_failed"]["values"]["passes"] == 0  # `passes`: failed requests
+    assert metrics["checks"]["values"]["fails"] == 0
+    accepted = metrics["logagg_publish_accepted"]["values"]
+    assert (accepted["passes"], accepted["fails"]) == (iterations, 0)
+    assert sent == new + duplicates == BATCH * iterations
+    assert 0.2 < duplicates / sent < 0.4  # DUPLICATES=0.3, drawn per event: not one value
     endpoints = ["publish", "events", "stats"] if scenario == "mixed" else ["publish"]
     for endpoint in endpoints:
         duration = metrics[f"http_req_duration{{scenario:{scenario},endpoint:{endpoint}}}"]
-        assert duration["values"]["count"] >= 0.9 * RATE / BATCH * DURATION_S
+        assert duration["values"]["count"] == iterations  # one request of each per iteration
         assert {"p(95)", "p(99)"} <= duration["values"].keys()
         assert set(duration["thresholds"]) == {"p(95)<200", "p(99)<500"}
     for name, metric in metrics.items():

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import random
 import signal
-import time
 from typing import Any
 
 import orjson
 from redis import Redis
 
 from services.stack.local import LocalStack
-from tests.acceptance.conftest import held_by, logged_actions, publish, start_publish
+from tests.acceptance.conftest import (
+    logged_actions,
+    publish,
+    signal_while_holding,
+    start_publish,
+    wait_for_received,
+)
 
 
 def assert_exact(stats: dict[str, Any], *, received: int, unique: int) -> None:
@@ -35,31 +40,27 @@ def test_twenty_thousand_events_with_thirty_percent_duplicates_end_with_exact_co
     assert_exact(stats, received=20000, unique=14000)
 
 
-def kill_holding_entries(redis: Redis, stack: LocalStack, victim: str) -> int:
-    """SIGKILL the consumer as soon as it holds entries (within 2 s); return how many it held."""
-    deadline = time.monotonic() + 2
-    while held_by(redis, stack, victim) == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    stack.processes[victim].send_signal(signal.SIGKILL)
-    stack.processes[victim].wait()
-    return held_by(redis, stack, victim)
-
-
 def test_consumers_killed_with_sigkill_mid_run_still_end_exact(stack: LocalStack) -> None:
+    """Three SIGKILLs, each at a moment the victim provably holds entries (it is frozen, its
+    pending entries counted, and killed frozen): what it held is redelivered to the others,
+    and the counts still end exact."""
     rng = random.Random()
-    sender = start_publish(stack, "--events", "20000", "--duplicates", "0.3", "--rate", "5000")
-    held = []
+    sender = start_publish(stack, "--events", "20000", "--duplicates", "0.3", "--rate", "4000")
+    held: list[int] = []
     with Redis.from_url(stack.settings.redis_url) as redis:
-        while sender.poll() is None and len(held) < 3:
-            time.sleep(rng.uniform(0.3, 0.8))  # a random moment, not a synchronisation
+        # Spread over the run: the k-th kill once a k/5 share of the events has come in.
+        for kill, share in enumerate((0.2, 0.4, 0.6), start=1):
+            wait_for_received(redis, stack, int(share * 20000), f"before kill {kill}")
             victim = f"consumer-{rng.randint(1, 3)}"
-            held.append(kill_holding_entries(redis, stack, victim))
+            held.append(signal_while_holding(redis, stack, victim, signal.SIGKILL))
+            stack.processes[victim].wait(timeout=30)
             stack.restart_exited()
     out, _ = sender.communicate(timeout=300)
     report = orjson.loads(out)
-    assert len(held) >= 2, "the run was too short to kill consumers in its middle"
-    assert sum(held) > 0, "no consumer died holding entries: nothing was redelivered"
+    assert len(held) == 3
+    assert all(count > 0 for count in held), f"a victim held nothing when killed: {held}"
     assert report["events_accepted"] == 20000
+    assert report["events_failed"] == 0
     stats = stack.wait_drained(timeout_s=120)
     assert_exact(stats, received=20000, unique=14000)
 
