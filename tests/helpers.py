@@ -1,11 +1,26 @@
-"""Small builders and waits shared by the tests."""
+"""Small builders and waits shared by the tests, and the ways integration tests drive consumers.
+
+No test module imports from another test module: what two of them share lives here.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
+
+import orjson
+import psycopg
+
+from services.consumer.loop import Consumer, decode
+from shared.settings import Settings
+from shared.store import Settled, Store
+from shared.stream import RawEntry, Stream
 
 
 def event(event_id: str = "e-1", topic: str = "auth", **fields: Any) -> dict[str, Any]:
@@ -17,6 +32,17 @@ def event(event_id: str = "e-1", topic: str = "auth", **fields: Any) -> dict[str
     return base
 
 
+def with_duplicates(unique: int, duplicates: int, topics: int = 3,
+                    seed: int = 7) -> list[dict[str, Any]]:
+    """`unique` distinct events and `duplicates` re-sends of some of them, shuffled."""
+    rng = random.Random(seed)
+    originals = [event(f"e{i}", topic=f"topic-{i % topics}") for i in range(unique)]
+    copies = [rng.choice(originals) for _ in range(duplicates)]
+    mixed = originals + copies
+    rng.shuffle(mixed)
+    return mixed
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0,
                      what: str = "condition") -> None:
     """Poll `check` until it is true; fail after `within` seconds."""
@@ -25,3 +51,80 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {within}s")
         await asyncio.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------------------------
+# Integration tests: the stream, the store and consumers
+
+
+async def publish(stream: Stream, events: Sequence[dict[str, Any]], batch: int = 100) -> None:
+    """Append events as ingest does, `batch` per request."""
+    for start in range(0, len(events), batch):
+        await stream.publish([orjson.dumps(e) for e in events[start:start + batch]])
+
+
+async def settle_like_a_consumer(stream: Stream, store: Store, raw: Sequence[RawEntry], *,
+                                 ack: bool = True) -> Settled:
+    """What a consumer does with entries it read: decode them, settle them in one transaction,
+    then ack them. `ack=False` is a consumer that died between its COMMIT and its XACK.
+    Every entry must carry an event (a consumer would dead-letter the others)."""
+    entries, unreadable = decode(raw)
+    assert unreadable == [], "settle_like_a_consumer takes readable entries only"
+    settled = await store.settle(entries)
+    if ack:
+        await stream.ack([raw_id for raw_id, _ in raw])
+    return settled
+
+
+def consumer(settings: Settings, stream: Stream, store: Store, name: str,
+             **changes: Any) -> Consumer:
+    """A consumer named `name`, with `changes` to the test's settings."""
+    return Consumer(dataclasses.replace(settings, consumer_name=name, **changes), stream, store)
+
+
+@asynccontextmanager
+async def running(*consumers: Consumer) -> AsyncIterator[None]:
+    """Run the consumers as tasks; on leaving, ask them to stop and wait until they did."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def drained(stream: Stream) -> bool:
+    return await stream.pending() == 0
+
+
+async def run_until_drained(settings: Settings, stream: Stream, store: Store,
+                            name: str = "worker", **changes: Any) -> Consumer:
+    """Run one consumer until nothing is pending, stop it, and return it (for its totals)."""
+    worker = consumer(settings, stream, store, name, **changes)
+    async with running(worker):
+        await eventually(lambda: drained(stream), what=f"stream drained by {name}")
+    return worker
+
+
+def counts(sql: psycopg.Connection[Any]) -> tuple[int, int, int]:
+    """(unique_processed, duplicate_dropped, rows in events)."""
+    row = sql.execute("SELECT coalesce(sum(unique_processed), 0), "
+                      "coalesce(sum(duplicate_dropped), 0) FROM topic_stats").fetchone()
+    rows = sql.execute("SELECT count(*) FROM events").fetchone()
+    assert row is not None and rows is not None
+    return int(row[0]), int(row[1]), int(rows[0])
+
+
+async def balance(store: Store, stream: Stream) -> dict[str, int]:
+    """The figures of `/stats` that the counting rules tie together."""
+    totals = await store.stats()
+    return {"received": await stream.received(), "pending": await stream.pending(),
+            "unique": totals.total("unique_processed"),
+            "duplicate": totals.total("duplicate_dropped"),
+            "dead": totals.total("dead_lettered")}
+
+
+def logged(records: Sequence[logging.LogRecord], action: str) -> list[logging.LogRecord]:
+    """The log records with this `action`, in the order they were logged."""
+    return [r for r in records if getattr(r, "action", None) == action]

@@ -13,8 +13,7 @@ from services.ingest.app import create_app
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event, eventually
-from tests.integration.test_consumer import consumer, drained, running
+from tests.helpers import event, eventually, run_until_drained
 
 
 async def post(client: TestClient[Any, Any], count: int, prefix: str) -> Any:
@@ -34,8 +33,7 @@ async def test_ingest_answers_503_while_the_backlog_is_over_its_limit_then_accep
         assert await redis.xlen(settings.stream_key) == 8
         assert await stream.received() == 8
 
-        async with running(consumer(settings, stream, store, "worker")):
-            await eventually(lambda: drained(stream), what="backlog drained")
+        await run_until_drained(settings, stream, store)
 
         async def accepted() -> bool:
             return bool((await post(client, 3, "c")).status == 202)

@@ -4,88 +4,72 @@ commit that was never acked, takeover of a dead consumer's entries, and stopping
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 import psycopg
 import pytest
+from redis.asyncio import Redis
 
-from services.consumer.loop import Consumer, decode
 from shared.entries import Entry, StreamId
 from shared.settings import Settings
-from shared.store import Store
+from shared.store import Settled, Store
 from shared.stream import Stream
-from tests.helpers import event, eventually
+from tests.helpers import (
+    consumer,
+    counts,
+    drained,
+    event,
+    eventually,
+    logged,
+    publish,
+    run_until_drained,
+    running,
+    settle_like_a_consumer,
+    with_duplicates,
+)
 
 
-async def publish(stream: Stream, events: list[dict[str, Any]], batch: int = 100) -> None:
-    for start in range(0, len(events), batch):
-        await stream.publish([orjson.dumps(e) for e in events[start:start + batch]])
+def entry(position: int, key: str) -> Entry:
+    return Entry(b"", StreamId(position, 0), "auth", key, "2026-11-25T10:00:00Z", "s", b"{}")
 
 
-def with_duplicates(unique: int, duplicates: int, topics: int = 3,
-                    seed: int = 7) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    originals = [event(f"e{i}", topic=f"topic-{i % topics}") for i in range(unique)]
-    copies = [rng.choice(originals) for _ in range(duplicates)]
-    mixed = originals + copies
-    rng.shuffle(mixed)
-    return mixed
-
-
-@asynccontextmanager
-async def running(*consumers: Consumer) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-
-
-def consumer(settings: Settings, stream: Stream, store: Store, name: str,
-             **changes: Any) -> Consumer:
-    return Consumer(dataclasses.replace(settings, consumer_name=name, **changes), stream, store)
-
-
-async def drained(stream: Stream) -> bool:
-    return await stream.pending() == 0
-
-
-def counts(sql: psycopg.Connection[Any]) -> tuple[int, int, int]:
-    """(unique_processed, duplicate_dropped, rows in events)."""
-    row = sql.execute("SELECT coalesce(sum(unique_processed), 0), "
-                      "coalesce(sum(duplicate_dropped), 0) FROM topic_stats").fetchone()
-    rows = sql.execute("SELECT count(*) FROM events").fetchone()
-    assert row is not None and rows is not None
-    return int(row[0]), int(row[1]), int(rows[0])
-
-
-async def test_concurrent_transactions_with_the_same_keys_store_one_copy_each(
+async def test_concurrent_transactions_count_each_key_once_and_each_entry_once(
         store: Store, sql: psycopg.Connection[Any]) -> None:
-    # Four "consumers" settle batches that share most of their keys, all at once, many times.
-    position = 0
+    # Four "consumers" settle batches at once, twenty times over. The batches share keys (so
+    # they race to store the first copy) and share entries (as a stuck consumer and the one
+    # that claimed its entries do), and a batch may hold two copies of a key.
+    rng = random.Random(11)
+    key_of: dict[StreamId, str] = {}  # every entry settled, and its key
+    results: list[Settled] = []
     for round_ in range(20):
         keys = [f"r{round_}-k{i}" for i in range(30)]
-        batches = []
-        for _ in range(4):
-            batch = []
-            for key in random.sample(keys, 25):
-                position += 1
-                batch.append(Entry(b"", StreamId(position, 0), "auth", key,
-                                   "2026-11-25T10:00:00Z", "s", b"{}"))
-            batches.append(batch)
-        await asyncio.gather(*(store.settle(b) for b in batches))
-    unique, duplicate, rows = counts(sql)
-    distinct = int(sql.execute("SELECT count(DISTINCT event_id) FROM events").fetchone()[0])  # type: ignore[index]
-    assert rows == distinct == unique
-    assert unique + duplicate == position == 20 * 4 * 25
+        pool = [entry(round_ * 100 + i, rng.choice(keys)) for i in range(40)]
+        batches = [sorted(rng.sample(pool, 25), key=lambda e: e.id) for _ in range(4)]
+        key_of.update((e.id, e.event_id) for batch in batches for e in batch)
+        results += await asyncio.gather(*(store.settle(b) for b in batches))
+
+    settled = set(key_of)
+    keys_settled = set(key_of.values())
+    stats = await store.stats()
+    # The counters: one unique per key, one duplicate per other entry of the key.
+    assert stats.total("unique_processed") == len(keys_settled)
+    assert stats.total("duplicate_dropped") == len(settled) - len(keys_settled)
+    # What the settling calls reported: each entry decided once, by one call, one way.
+    unique = [p for r in results for p in r.unique]
+    duplicate = [p for r in results for p in r.duplicate]
+    assert len(unique) == len(set(unique)) == len(keys_settled)
+    assert len(duplicate) == len(set(duplicate)) == len(settled) - len(keys_settled)
+    assert set(unique) | set(duplicate) == settled
+    # And the rows: the stored copy of each key is the entry reported unique, the ledger
+    # holds the entries reported duplicate.
+    stored = {StreamId(ms, seq): key for key, ms, seq in sql.execute(
+        "SELECT event_id, stream_ms, stream_seq FROM events").fetchall()}
+    assert stored == {p: key_of[p] for p in unique}
+    ledger = {StreamId(ms, seq) for ms, seq in sql.execute(
+        "SELECT stream_ms, stream_seq FROM duplicate_entries").fetchall()}
+    assert ledger == set(duplicate)
 
 
 async def test_three_consumers_store_each_key_once_and_count_every_duplicate(
@@ -114,14 +98,12 @@ async def test_an_entry_committed_but_never_acked_changes_no_counter_when_redeli
     await publish(stream, events)
     # The doomed consumer commits its batch, then dies before XACK.
     doomed = await stream.read_new("doomed", 100, 10)
-    await store.settle(decode(doomed)[0])
+    await settle_like_a_consumer(stream, store, doomed, ack=False)
     before = counts(sql)
     assert before == (60, 40, 60)
     assert await stream.pending() == 100
 
-    rescuer = consumer(settings, stream, store, "rescuer")
-    async with running(rescuer):
-        await eventually(lambda: drained(stream), what="claimed entries settled")
+    rescuer = await run_until_drained(settings, stream, store, "rescuer")
     assert counts(sql) == before
     assert rescuer.totals.claimed == 100
     assert rescuer.totals.redelivered == 100
@@ -133,42 +115,73 @@ async def test_the_same_entries_settled_twice_at_once_count_once(
     # A stuck consumer and the one that claimed its entries may settle them concurrently.
     await stream.ensure_group()
     await publish(stream, with_duplicates(unique=80, duplicates=20))
-    entries, _ = decode(await stream.read_new("slow", 100, 10))
-    first, second = await asyncio.gather(store.settle(entries), store.settle(entries))
+    held = await stream.read_new("slow", 100, 10)
+    first, second = await asyncio.gather(settle_like_a_consumer(stream, store, held),
+                                         settle_like_a_consumer(stream, store, held))
     assert first.unique_total + second.unique_total == 80
     assert first.duplicate_total + second.duplicate_total == 20
     assert counts(sql) == (80, 20, 80)
+    assert await stream.pending() == 0
+
+
+async def pending_idle_ms(redis: Redis, settings: Settings) -> dict[bytes, tuple[bytes, int]]:
+    """Each unacked entry: (the consumer holding it, how long it has been idle)."""
+    rows = await redis.xpending_range(settings.stream_key, settings.consumer_group,
+                                      min="-", max="+", count=1000)
+    return {r["message_id"]: (r["consumer"], r["time_since_delivered"]) for r in rows}
 
 
 async def test_xautoclaim_takes_over_the_entries_of_a_consumer_that_died_before_commit(
-        settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
+        settings: Settings, stream: Stream, store: Store, redis: Redis,
+        sql: psycopg.Connection[Any]) -> None:
     await stream.ensure_group()
     await publish(stream, with_duplicates(unique=30, duplicates=10))
-    assert len(await stream.read_new("dead", 100, 10)) == 40  # delivered, never settled
+    held = [raw_id for raw_id, _ in await stream.read_new("dead", 100, 10)]
+    assert len(held) == 40  # delivered, never settled
+    # One more entry, for the patient consumer to read: a consumer scans for idle entries
+    # before it reads (and its first scan is due at once), so once it has settled this one
+    # it has looked at the dead consumer's entries.
+    await publish(stream, [event("marker", topic="marker")])
 
     patient = consumer(settings, stream, store, "patient", claim_idle_ms=60_000)
     async with running(patient):
-        await asyncio.sleep(0.3)  # not a synchronisation: a window in which nothing may happen
+        await eventually(lambda: asyncio.sleep(0, patient.totals.unique == 1),
+                         what="the patient consumer scanned, then read")
     assert patient.totals.claimed == 0, "entries idle less than CLAIM_IDLE_MS stay put"
+    idle = await pending_idle_ms(redis, settings)
+    assert sorted(idle) == sorted(held)
+    assert all(owner == b"dead" and ms < 60_000 for owner, ms in idle.values())
 
-    rescuer = consumer(settings, stream, store, "rescuer", claim_idle_ms=100)
-    async with running(rescuer):
-        await eventually(lambda: drained(stream), what="dead consumer's entries settled")
+    # The dead consumer's entries are now idle for a minute (XCLAIM ... IDLE, JUSTID so that
+    # the delivery count does not move): a consumer with the same CLAIM_IDLE_MS takes them.
+    await redis.xclaim(settings.stream_key, settings.consumer_group, "dead", 0, held,
+                       idle=60_000, justid=True)
+    rescuer = await run_until_drained(settings, stream, store, "rescuer", claim_idle_ms=60_000)
     assert rescuer.totals.claimed == 40
-    assert counts(sql) == (30, 10, 30)
+    assert counts(sql) == (31, 10, 31)
 
 
 async def test_a_restarted_consumer_settles_its_own_pending_entries_first(
-        settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
+        settings: Settings, stream: Stream, store: Store, redis: Redis,
+        caplog: pytest.LogCaptureFixture) -> None:
     await stream.ensure_group()
-    await publish(stream, [event(f"e{i}") for i in range(120)])
-    await stream.read_new("worker-1", 120, 10)  # then the process died
+    await publish(stream, [event(f"own{i}") for i in range(120)])
+    own = [raw_id.decode() for raw_id, _ in await stream.read_new("worker-1", 120, 10)]
+    # Then the process died, and more events came in while it was away.
+    await publish(stream, [event(f"new{i}") for i in range(30)])
+    new = [raw_id.decode() for raw_id, _ in
+           await redis.xrange(settings.stream_key, min=f"({own[-1]}", max="+")]
+    caplog.set_level(logging.DEBUG, logger="services.consumer.loop")
     # More entries than one batch: resuming pages through all of them.
-    again = consumer(settings, stream, store, "worker-1", claim_idle_ms=600_000, batch_size=50)
-    async with running(again):
-        await eventually(lambda: drained(stream), what="own pending entries settled")
+    again = await run_until_drained(settings, stream, store, "worker-1",
+                                    claim_idle_ms=600_000, batch_size=50)
     assert again.totals.claimed == 0
-    assert counts(sql) == (120, 0, 120)
+    assert again.totals.unique == 150
+    settled = [r.id for r in logged(caplog.records, "entry_settled")]  # type: ignore[attr-defined]
+    assert len(new) == 30
+    assert settled == own + new, "its own entries first, then the new ones"
+    assert [r.entries for r in logged(caplog.records, "batch_settled")  # type: ignore[attr-defined]
+            ] == [50, 50, 20, 30]
 
 
 async def test_a_stopped_consumer_leaves_nothing_unacked(
@@ -196,14 +209,13 @@ async def test_every_decision_is_traceable_at_debug(
     await stream.ensure_group()
     await publish(stream, [event("k1"), event("k1"), event("k2", topic="billing")])
     doomed = await stream.read_new("doomed", 10, 10)
-    await store.settle(decode(doomed)[0])  # committed, never acked: all three come back
+    # Committed, never acked: all three come back.
+    await settle_like_a_consumer(stream, store, doomed, ack=False)
     caplog.set_level(logging.DEBUG, logger="services.consumer.loop")
-    async with running(consumer(settings, stream, store, "rescuer", claim_idle_ms=50)):
-        await eventually(lambda: drained(stream), what="redelivered and settled")
+    await run_until_drained(settings, stream, store, "rescuer", claim_idle_ms=50)
     await publish(stream, [event("k1"), event("k3")])
-    async with running(consumer(settings, stream, store, "worker")):
-        await eventually(lambda: drained(stream), what="settled")
-    traced = [(r.event_id, r.result) for r in caplog.records  # type: ignore[attr-defined]
-              if getattr(r, "action", None) == "entry_settled"]
+    await run_until_drained(settings, stream, store, "worker")
+    traced = [(r.event_id, r.result)  # type: ignore[attr-defined]
+              for r in logged(caplog.records, "entry_settled")]
     assert traced == [("k1", "redelivered"), ("k1", "redelivered"), ("k2", "redelivered"),
                       ("k1", "duplicate"), ("k3", "unique")]

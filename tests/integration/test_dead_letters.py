@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,16 +17,16 @@ from shared.entries import StreamId
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event, eventually
-from tests.integration.test_consumer import consumer, drained, running
-
-
-async def stats(store: Store, stream: Stream) -> dict[str, int]:
-    counts = await store.stats()
-    return {"received": await stream.received(), "pending": await stream.pending(),
-            "unique": counts.total("unique_processed"),
-            "duplicate": counts.total("duplicate_dropped"),
-            "dead": counts.total("dead_lettered")}
+from tests.helpers import (
+    balance,
+    consumer,
+    event,
+    eventually,
+    publish,
+    run_until_drained,
+    running,
+    settle_like_a_consumer,
+)
 
 
 def letters(sql: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
@@ -34,37 +34,66 @@ def letters(sql: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
                        "FROM dead_letters ORDER BY stream_ms, stream_seq").fetchall()
 
 
+def refuse(sql: psycopg.Connection[Any], column: str, value: str) -> None:
+    """A rule added in the database: a trigger that refuses events whose `column` is `value`
+    (RAISE EXCEPTION: SQLSTATE P0001), until it is dropped."""
+    sql.execute(f"""
+        CREATE FUNCTION refuse_by_rule() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.{column} = '{value}' THEN
+                RAISE EXCEPTION '{column} {value} refused by policy';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_by_rule BEFORE INSERT ON events
+        FOR EACH ROW EXECUTE FUNCTION refuse_by_rule();
+    """)
+
+
+@dataclass(frozen=True)
+class Unstorable:
+    event: dict[str, Any]
+    error: str  # how the dead letter's last_error begins: the SQLSTATE, or psycopg's refusal
+    rule: bool = False  # refused by a rule added in the database, not by a type
+
+
 UNSTORABLE = {
     # Each passes the schema; PostgreSQL (or psycopg, for text) refuses to store it.
-    "NUL in a payload string": event("bad", payload={"note": "a\u0000b"}),
-    "NUL in the event_id": event("bad\u0000id"),
-    "offset PostgreSQL cannot represent": event("bad", timestamp="2026-11-25T10:00:00-23:59"),
+    "NUL in a payload string": Unstorable(
+        event("bad", payload={"note": "a\u0000b"}), "[22P05] UntranslatableCharacter"),
+    "NUL in the event_id": Unstorable(
+        event("bad\u0000id"), "[22021] CharacterNotInRepertoire"),
+    "offset PostgreSQL cannot represent": Unstorable(
+        event("bad", timestamp="2026-11-25T10:00:00-23:59"), "[22009] InvalidTimeZoneDisplacementValue"),  # noqa: E501
+    "a rule added in the database": Unstorable(
+        event("bad"), "[P0001] RaiseException: event_id bad refused by policy", rule=True),
 }
 
 
 @pytest.mark.parametrize("bad", UNSTORABLE.values(), ids=UNSTORABLE.keys())
 async def test_an_event_the_store_rejects_is_dead_lettered_after_max_deliveries_and_its_neighbours_are_stored(  # noqa: E501
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any],
-        bad: dict[str, Any]) -> None:
-    events = [event(f"e{i}") for i in range(20)] + [bad] + [event(f"f{i}") for i in range(20)]
-    await stream.publish([orjson.dumps(e) for e in events])
-    worker = consumer(settings, stream, store, "worker", max_deliveries=3, claim_idle_ms=50)
-    async with running(worker):
-        await eventually(lambda: drained(stream), what="stream drained")
-    assert await stats(store, stream) == {"received": 41, "pending": 0, "unique": 40,
-                                          "duplicate": 0, "dead": 1}
+        bad: Unstorable) -> None:
+    if bad.rule:
+        refuse(sql, "event_id", "bad")
+    await publish(stream, [event(f"e{i}") for i in range(20)] + [bad.event]
+                  + [event(f"f{i}") for i in range(20)])
+    worker = await run_until_drained(settings, stream, store, max_deliveries=3,
+                                     claim_idle_ms=50)
+    assert await balance(store, stream) == {"received": 41, "pending": 0, "unique": 40,
+                                            "duplicate": 0, "dead": 1}
     [(topic, _, reason, deliveries, status, error)] = letters(sql)
     assert (topic, reason, deliveries, status) == ("auth", "store_rejected", 3, "dead")
-    assert error  # the database's own words
+    assert error.startswith(bad.error), error  # the database's own words
     assert worker.totals.dead_lettered == 1
     raw = sql.execute("SELECT event FROM dead_letters").fetchone()
-    assert raw is not None and orjson.loads(raw[0]) == bad
+    assert raw is not None and raw[0] == orjson.dumps(bad.event)
 
 
 async def test_an_entry_is_not_dead_lettered_before_its_last_delivery(
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any],
         redis: Redis) -> None:
-    await stream.publish([orjson.dumps(UNSTORABLE["NUL in a payload string"])])
+    await publish(stream, [UNSTORABLE["NUL in a payload string"].event])
     worker = consumer(settings, stream, store, "worker", max_deliveries=3,
                       claim_idle_ms=600_000)
     async with running(worker):
@@ -83,34 +112,22 @@ async def _failed_once(worker: Any) -> bool:
 async def test_a_replayed_letter_is_stored_once_after_the_cause_is_fixed(
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
     # The store refuses a topic, as a database rule would, until an operator lifts the rule.
-    sql.execute("""
-        CREATE FUNCTION refuse_blocked() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.topic = 'blocked' THEN RAISE EXCEPTION 'topic blocked by policy'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER refuse_blocked BEFORE INSERT ON events
-        FOR EACH ROW EXECUTE FUNCTION refuse_blocked();
-    """)
-    events = [event("ok-1"), event("held", topic="blocked"), event("ok-2")]
-    await stream.publish([orjson.dumps(e) for e in events])
-    fast = dataclasses.replace(settings, max_deliveries=1)
-    async with running(consumer(fast, stream, store, "worker")):
-        await eventually(lambda: drained(stream), what="stream drained")
-    assert await stats(store, stream) == {"received": 3, "pending": 0, "unique": 2,
-                                          "duplicate": 0, "dead": 1}
+    refuse(sql, "topic", "blocked")
+    await publish(stream, [event("ok-1"), event("held", topic="blocked"), event("ok-2")])
+    await run_until_drained(settings, stream, store, max_deliveries=1)
+    assert await balance(store, stream) == {"received": 3, "pending": 0, "unique": 2,
+                                            "duplicate": 0, "dead": 1}
     [letter] = await store.dead_letters()
-    assert "topic blocked by policy" in letter.last_error
+    assert "topic blocked refused by policy" in letter.last_error
 
-    sql.execute("DROP TRIGGER refuse_blocked ON events")
+    sql.execute("DROP TRIGGER refuse_by_rule ON events")
     result = await replay(settings, [letter.position])
     assert result.replayed == [str(letter.position)]
     # Replayed again before the first replay settled: it goes out, and must count nothing.
     assert (await replay(settings, [letter.position])).replayed == [str(letter.position)]
-    async with running(consumer(fast, stream, store, "worker")):
-        await eventually(lambda: drained(stream), what="replay settled")
-    assert await stats(store, stream) == {"received": 3, "pending": 0, "unique": 3,
-                                          "duplicate": 0, "dead": 0}
+    await run_until_drained(settings, stream, store, max_deliveries=1)
+    assert await balance(store, stream) == {"received": 3, "pending": 0, "unique": 3,
+                                            "duplicate": 0, "dead": 0}
     assert [row[4] for row in letters(sql)] == ["replayed"]
     stored = sql.execute("SELECT count(*) FROM events WHERE topic = 'blocked'").fetchone()
     assert stored == (1,)
@@ -121,19 +138,16 @@ async def test_a_replayed_letter_is_stored_once_after_the_cause_is_fixed(
 
 async def test_replaying_the_same_letter_twice_counts_it_once(
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
-    await stream.publish([orjson.dumps(UNSTORABLE["offset PostgreSQL cannot represent"])])
-    fast = dataclasses.replace(settings, max_deliveries=1)
-    async with running(consumer(fast, stream, store, "worker")):
-        await eventually(lambda: drained(stream), what="dead-lettered")
+    await publish(stream, [UNSTORABLE["offset PostgreSQL cannot represent"].event])
+    await run_until_drained(settings, stream, store, max_deliveries=1)
     [letter] = await store.dead_letters()
     # The event is fixed by hand in the letter, then replayed twice at once (two operators).
     fixed = orjson.dumps(event("bad"))
     sql.execute("UPDATE dead_letters SET event = %s", [fixed])
     await stream.replay([(str(letter.position), fixed), (str(letter.position), fixed)])
-    async with running(consumer(fast, stream, store, "worker")):
-        await eventually(lambda: drained(stream), what="replays settled")
-    assert await stats(store, stream) == {"received": 1, "pending": 0, "unique": 1,
-                                          "duplicate": 0, "dead": 0}
+    await run_until_drained(settings, stream, store, max_deliveries=1)
+    assert await balance(store, stream) == {"received": 1, "pending": 0, "unique": 1,
+                                            "duplicate": 0, "dead": 0}
 
 
 async def test_dlq_replay_skips_what_it_cannot_replay(
@@ -147,58 +161,53 @@ async def test_dlq_replay_skips_what_it_cannot_replay(
 async def test_an_entry_not_written_by_ingest_is_kept_as_a_letter_but_not_counted(
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any],
         redis: Redis) -> None:
-    await stream.publish([orjson.dumps(event("fine"))])
+    await publish(stream, [event("fine")])
     await redis.xadd(settings.stream_key, {EVENT_FIELD: b"not json"})
     await redis.xadd(settings.stream_key, {b"other": b"field"})
-    fast = dataclasses.replace(settings, max_deliveries=1)
-    async with running(consumer(fast, stream, store, "worker")):
-        await eventually(lambda: drained(stream), what="stream drained")
+    await run_until_drained(settings, stream, store, max_deliveries=1)
     assert [row[2] for row in letters(sql)] == ["undecodable", "undecodable"]
-    assert await stats(store, stream) == {"received": 1, "pending": 0, "unique": 1,
-                                          "duplicate": 0, "dead": 0}
+    assert await balance(store, stream) == {"received": 1, "pending": 0, "unique": 1,
+                                            "duplicate": 0, "dead": 0}
 
 
-async def test_a_pending_entry_deleted_from_the_stream_is_dead_lettered_not_retried(
+@dataclass(frozen=True)
+class Deleted:
+    """Entries delivered to `holder`, some of them deleted from the stream (by hand) before
+    `settler` takes them over: by a claim, or by resuming its own after a restart."""
+
+    event_ids: list[str]
+    deleted: list[int]  # indexes of the entries deleted
+    committed: bool  # the holder committed them (never acked) before they were deleted
+    settler: str
+    letters: list[str]  # the reasons of the dead letters expected
+    unique: int
+    duplicate: int
+
+
+DELETED = {
+    "held by a dead consumer, claimed by another": Deleted(
+        ["e0", "e1", "e2"], [1], False, "rescuer", ["deleted"], unique=2, duplicate=0),
+    "settled already, then deleted": Deleted(
+        ["e1", "e1"], [0, 1], True, "rescuer", [], unique=1, duplicate=1),
+    "held by a consumer that restarts": Deleted(
+        ["e0", "e1"], [0], False, "holder", ["deleted"], unique=1, duplicate=0),
+}
+
+
+@pytest.mark.parametrize("case", DELETED.values(), ids=DELETED.keys())
+async def test_a_pending_entry_deleted_from_the_stream_is_dead_lettered_unless_settled(
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any],
-        redis: Redis) -> None:
+        redis: Redis, case: Deleted) -> None:
     await stream.ensure_group()
-    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(3)])
-    held = await stream.read_new("dead", 10, 10)  # delivered; then that consumer died
-    await redis.xdel(settings.stream_key, held[1][0])  # and someone deleted one entry
-    rescuer = consumer(settings, stream, store, "rescuer", claim_idle_ms=50)
-    async with running(rescuer):
-        await eventually(lambda: drained(stream), what="stream drained")
-    assert [row[2] for row in letters(sql)] == ["deleted"]
-    assert await stats(store, stream) == {"received": 3, "pending": 0, "unique": 2,
-                                          "duplicate": 0, "dead": 1}
-
-
-async def test_a_deleted_entry_that_was_settled_already_is_not_counted_again(
-        settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any],
-        redis: Redis) -> None:
-    from services.consumer.loop import decode
-
-    await stream.ensure_group()
-    await stream.publish([orjson.dumps(event("e1")), orjson.dumps(event("e1"))])
-    held = await stream.read_new("dead", 10, 10)
-    await store.settle(decode(held)[0])  # committed, never acked; then both entries deleted
-    await redis.xdel(settings.stream_key, *(raw_id for raw_id, _ in held))
-    async with running(consumer(settings, stream, store, "rescuer", claim_idle_ms=50)):
-        await eventually(lambda: drained(stream), what="stream drained")
-    assert letters(sql) == []
-    assert await stats(store, stream) == {"received": 2, "pending": 0, "unique": 1,
-                                          "duplicate": 1, "dead": 0}
-
-
-async def test_a_restarted_consumer_dead_letters_its_own_deleted_pending_entries(
-        settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any],
-        redis: Redis) -> None:
-    await stream.ensure_group()
-    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(2)])
-    held = await stream.read_new("worker", 10, 10)
-    await redis.xdel(settings.stream_key, held[0][0])
-    async with running(consumer(settings, stream, store, "worker", claim_idle_ms=600_000)):
-        await eventually(lambda: drained(stream), what="own pending settled")
-    assert [row[2] for row in letters(sql)] == ["deleted"]
-    assert await stats(store, stream) == {"received": 2, "pending": 0, "unique": 1,
-                                          "duplicate": 0, "dead": 1}
+    await publish(stream, [event(event_id) for event_id in case.event_ids])
+    held = await stream.read_new("holder", 10, 10)  # delivered; then that consumer died
+    if case.committed:
+        await settle_like_a_consumer(stream, store, held, ack=False)
+    await redis.xdel(settings.stream_key, *(held[i][0] for i in case.deleted))
+    # A restarted holder resumes its own entries at once; another consumer claims them.
+    claim_idle_ms = 600_000 if case.settler == "holder" else 50
+    await run_until_drained(settings, stream, store, case.settler, claim_idle_ms=claim_idle_ms)
+    assert [row[2] for row in letters(sql)] == case.letters
+    assert await balance(store, stream) == {
+        "received": len(case.event_ids), "pending": 0, "unique": case.unique,
+        "duplicate": case.duplicate, "dead": len(case.letters)}

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import psycopg
 from redis.asyncio import Redis
 
 from services.consumer.housekeeping import Housekeeping
-from services.consumer.loop import decode
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event, eventually
-from tests.integration.test_consumer import consumer, counts, drained, running
+from tests.helpers import (
+    counts,
+    event,
+    eventually,
+    publish,
+    run_until_drained,
+    settle_like_a_consumer,
+)
 
 
 async def ids(redis: Redis, settings: Settings) -> list[bytes]:
@@ -25,10 +29,8 @@ async def test_trimming_keeps_every_pending_and_undelivered_entry(
         settings: Settings, stream: Stream, store: Store, redis: Redis,
         sql: psycopg.Connection[Any]) -> None:
     await stream.ensure_group()
-    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(30)])
-    done = await stream.read_new("fast", 10, 10)
-    await store.settle(decode(done)[0])
-    await stream.ack([raw_id for raw_id, _ in done])
+    await publish(stream, [event(f"e{i}") for i in range(30)])
+    await settle_like_a_consumer(stream, store, await stream.read_new("fast", 10, 10))
     held = await stream.read_new("slow", 10, 10)  # delivered, not settled
     everything = await ids(redis, settings)
 
@@ -37,20 +39,18 @@ async def test_trimming_keeps_every_pending_and_undelivered_entry(
     assert [raw_id for raw_id, _ in held] == everything[10:20]
     assert await stream.pending() == 20
 
-    async with running(consumer(settings, stream, store, "rescuer", claim_idle_ms=50)):
-        await eventually(lambda: drained(stream), what="the rest settled")
+    await run_until_drained(settings, stream, store, "rescuer", claim_idle_ms=50)
     assert counts(sql) == (30, 0, 30)
 
 
 async def test_a_fully_settled_stream_trims_to_nothing_and_keeps_counting(
         settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
-    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(25)])
-    async with running(consumer(settings, stream, store, "worker")):
-        await eventually(lambda: drained(stream), what="settled")
+    await publish(stream, [event(f"e{i}") for i in range(25)])
+    await run_until_drained(settings, stream, store)
     assert await stream.trim_settled() == 25
     assert await redis.xlen(settings.stream_key) == 0
     assert await stream.trim_settled() == 0
-    await stream.publish([orjson.dumps(event(f"f{i}")) for i in range(5)])
+    await publish(stream, [event(f"f{i}") for i in range(5)])
     assert await stream.pending() == 5
     assert await stream.received() == 30
 
@@ -58,7 +58,7 @@ async def test_a_fully_settled_stream_trims_to_nothing_and_keeps_counting(
 async def test_only_consumers_with_nothing_pending_and_long_idle_are_removed(
         settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
     await stream.ensure_group()
-    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(4)])
+    await publish(stream, [event(f"e{i}") for i in range(4)])
     finished = await stream.read_new("finished", 2, 10)
     await stream.ack([raw_id for raw_id, _ in finished])
     await stream.read_new("holding", 2, 10)
@@ -79,10 +79,9 @@ async def _idle_over(redis: Redis, settings: Settings, name: str, ms: int) -> bo
 async def test_the_floor_prunes_the_ledger_and_a_stalled_consumer_below_it_counts_nothing(
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
     await stream.ensure_group()
-    await stream.publish([orjson.dumps(event(f"e{i % 10}")) for i in range(15)])
+    await publish(stream, [event(f"e{i % 10}") for i in range(15)])
     stalled = await stream.read_new("stalled", 100, 10)  # then it stops for a long while
-    async with running(consumer(settings, stream, store, "rescuer", claim_idle_ms=50)):
-        await eventually(lambda: drained(stream), what="claimed and settled")
+    await run_until_drained(settings, stream, store, "rescuer", claim_idle_ms=50)
     assert counts(sql) == (10, 5, 10)
     assert sql.execute("SELECT count(*) FROM duplicate_entries").fetchone() == (5,)
 
@@ -91,7 +90,7 @@ async def test_the_floor_prunes_the_ledger_and_a_stalled_consumer_below_it_count
     assert await redis_len(stream) == 0
 
     # The stalled consumer wakes up and settles what it held: long settled, and acked.
-    late = await store.settle(decode(stalled)[0])
+    late = await settle_like_a_consumer(stream, store, stalled)
     assert (late.unique_total, late.duplicate_total) == (0, 0)
     assert counts(sql) == (10, 5, 10)
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 import psycopg
 
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event, eventually
-from tests.integration.test_consumer import consumer, counts, drained, running
+from tests.helpers import consumer, counts, drained, event, eventually, publish, running
 
 
 async def test_a_connection_killed_mid_batch_rolls_back_and_the_batch_is_retried(
@@ -31,7 +29,7 @@ async def test_a_connection_killed_mid_batch_rolls_back_and_the_batch_is_retried
         CREATE TRIGGER stall_first_batch BEFORE INSERT ON events
         FOR EACH STATEMENT EXECUTE FUNCTION stall_first_batch();
     """)
-    await stream.publish([orjson.dumps(event(f"e{i % 40}")) for i in range(50)])
+    await publish(stream, [event(f"e{i % 40}") for i in range(50)])
     worker = consumer(settings, stream, store, "worker")
     async with running(worker):
         await eventually(lambda: _stalled(sql), what="the batch stalled mid-transaction")
