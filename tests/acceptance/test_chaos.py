@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.publisher.simulator import workload
 from services.stack.local import LocalStack
 from services.stack.servers import PostgresServer, RedisServer
-from tests.acceptance.conftest import local_stack, start_publish
+from tests.acceptance.helpers import local_stack, start_publish
 
 EVENTS = 40_000
 UNIQUE = 28_000

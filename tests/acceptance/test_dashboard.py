@@ -11,7 +11,7 @@ import orjson
 
 from services.stack.local import LocalStack
 from tests.acceptance.browser import Browser
-from tests.acceptance.conftest import start_publish
+from tests.acceptance.helpers import start_publish
 from tests.helpers import eventually
 
 CARDS = ("received", "unique", "duplicates", "pending", "dead", "verdict")

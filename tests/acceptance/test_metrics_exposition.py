@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from services.stack.local import LocalStack
-from tests.acceptance.conftest import (
+from tests.acceptance.helpers import (
     free_ports,
     freeze,
     held_by,

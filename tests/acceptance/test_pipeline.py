@@ -11,7 +11,7 @@ import orjson
 from redis import Redis
 
 from services.stack.local import LocalStack
-from tests.acceptance.conftest import (
+from tests.acceptance.helpers import (
     logged_actions,
     publish,
     signal_while_holding,

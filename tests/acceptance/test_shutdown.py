@@ -18,7 +18,7 @@ import pytest
 from redis import Redis
 
 from services.stack.local import LocalStack
-from tests.acceptance.conftest import (
+from tests.acceptance.helpers import (
     actions_in,
     freeze,
     held_by,
