@@ -143,10 +143,12 @@ async def test_xautoclaim_takes_over_the_entries_of_a_consumer_that_died_before_
     # it has looked at the dead consumer's entries.
     await publish(stream, [event("marker", topic="marker")])
 
+    async def marker_settled() -> bool:
+        return "marker" in (await store.stats()).topics
+
     patient = consumer(settings, stream, store, "patient", claim_idle_ms=60_000)
     async with running(patient):
-        await eventually(lambda: asyncio.sleep(0, patient.totals.unique == 1),
-                         what="the patient consumer scanned, then read")
+        await eventually(marker_settled, what="the patient consumer scanned, then read")
     assert patient.totals.claimed == 0, "entries idle less than CLAIM_IDLE_MS stay put"
     idle = await pending_idle_ms(redis, settings)
     assert sorted(idle) == sorted(held)
