@@ -21,7 +21,7 @@ from shared.constants import received_key
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event, eventually
+from tests.helpers import event, eventually, settle_like_a_consumer
 
 Client = TestClient[Any, Any]
 
@@ -138,12 +138,10 @@ async def test_publish_answers_503_with_retry_after_when_redis_is_unreachable(
 
 async def test_events_lists_stored_events_oldest_first_in_pages(
         client: Client, stream: Stream, store: Store) -> None:
-    from services.consumer.loop import decode
-
     await stream.ensure_group()
     for i in range(5):
         await stream.publish([orjson.dumps(event(f"e{i}", topic="auth" if i % 2 else "billing"))])
-    await store.settle(decode(await stream.read_new("c", 10, 10))[0])
+    await settle_like_a_consumer(stream, store, await stream.read_new("c", 10, 10))
 
     first = await (await client.get("/events", params={"limit": "2"})).json()
     assert [e["event_id"] for e in first["events"]] == ["e0", "e1"]

@@ -24,14 +24,13 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from services.consumer.loop import decode
 from services.ingest.app import create_app
 from services.stack.servers import free_port
 from shared.paths import OPENAPI_FILE, SCHEMA_FILE, STATIC_DIR
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event
+from tests.helpers import event, settle_like_a_consumer
 
 Client = TestClient[Any, Any]
 
@@ -159,10 +158,9 @@ async def store_events(world: World, *events: dict[str, Any]) -> None:
     """Publish `events` through the API and settle them as a consumer does: settle, then ack."""
     assert (await post(world.client, list(events))).status == 202
     await world.stream.ensure_group()
-    entries, unreadable = decode(await world.stream.read_new("c", 100, 100))
-    assert len(entries) == len(events) and not unreadable
-    await world.store.settle(entries)
-    await world.stream.ack([entry.raw_id for entry in entries])
+    raw = await world.stream.read_new("c", 100, 100)
+    assert len(raw) == len(events)
+    await settle_like_a_consumer(world.stream, world.store, raw)
 
 
 THREE = (event("e0", topic="auth"), event("e1", topic="billing"), event("e2", topic="auth"))
