@@ -30,6 +30,10 @@ class ConfigurationError(LogaggError):
     """A setting is missing or does not parse."""
 
 
+class DatabaseEncodingError(ConfigurationError):
+    """The database is not in the UTF8 encoding."""
+
+
 class InvalidCursor(LogaggError):
     """The `after` cursor is not one this server handed out."""
 

@@ -135,6 +135,7 @@ class PostgresServer:
     port: int = field(default_factory=free_port)
     # Tests trade crash safety of the OS for speed; a killed process still loses nothing.
     durable: bool = True
+    encoding: str = "UTF8"  # the cluster's default; tests also start a SQL_ASCII one
     process: subprocess.Popen[bytes] | None = None
 
     def url(self, dbname: str = "postgres") -> str:
@@ -166,7 +167,7 @@ class PostgresServer:
             shutil.chown(self.data_dir, user, user)
             _check_reachable(self.data_dir, user)
         command = [find_binary("initdb"), "-D", str(pgdata), "-U", "postgres", "-A", "trust",
-                   "-E", "UTF8", "--locale=C"]
+                   "-E", self.encoding, "--locale=C"]
         if not self.durable:
             command.append("--no-sync")
         result = subprocess.run(command, capture_output=True, user=user, check=False)
