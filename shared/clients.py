@@ -60,18 +60,34 @@ def connect_redis(redis_url: str) -> Redis:
         retry_on_error=[RedisConnectionError])
 
 
+# Every logagg session speaks UTC, and bounds what it can hold up: the server ends a transaction
+# left idle for 5 s between requests (a client gone away holding locks) and any statement after
+# 60 s; TCP keepalives on both ends notice a peer gone silent in about 25 s instead of the
+# kernel's two hours. Not covered: a client frozen in the middle of a pipeline (the settling
+# transaction) keeps its transaction, and its row locks, for as long as it is frozen; PostgreSQL
+# arms the idle timeout only between requests. A logagg transaction is idle for milliseconds.
+SESSION_OPTIONS = " ".join(f"-c {name}={value}" for name, value in {
+    "TimeZone": "UTC", "idle_in_transaction_session_timeout": "5s",
+    "statement_timeout": "60s", "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3"}.items())
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3}
+
+
 def make_pool(database_url: str, role: Role, name: str) -> AsyncConnectionPool:
     """A pool that is not open yet.
 
     Connections are in autocommit mode: a transaction is always an explicit `conn.transaction()`
-    block, so none is left open by accident between statements. Sessions speak UTC, so stored
-    timestamps come back in UTC. A connection that died with its server is dropped instead of
+    block, so none is left open by accident between statements. Sessions are set up as
+    SESSION_OPTIONS says, and named after their process (`application_name`, as
+    pg_stat_activity shows them). A connection that died with its server is dropped instead of
     handed out.
     """
     return AsyncConnectionPool(
         database_url, min_size=1, max_size=role.pool_size, name=name,
         timeout=role.pool_timeout, open=False,
-        kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
+        kwargs={"autocommit": True, "options": SESSION_OPTIONS, "application_name": name,
+                **KEEPALIVES},
         check=AsyncConnectionPool.check_connection)
 
 

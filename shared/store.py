@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -85,6 +86,9 @@ class Failure:
 
 COUNTER_SHARDS = 16
 FLOOR_LOCK = 0x6C6F67616768  # advisory lock guarding settled_floor (migrations use ...67)
+# How long raising the floor may wait for settling transactions to let go of it: they take
+# milliseconds, so a longer wait means one of them is stuck, and everyone would queue behind.
+FLOOR_LOCK_TIMEOUT = "500ms"
 
 
 def _shard() -> int:
@@ -185,19 +189,34 @@ class Store:
             kept = [e for e in entries if e.replay_of is None] + list(revivals.values())
             return await self._store(conn, kept, [e.topic for e in revivals.values()])
 
-    async def raise_floor(self, position: StreamId) -> int:
-        """Everything below `position` is settled and acked: raise the floor to it and prune
-        the duplicate ledger below it. Returns the ledger rows pruned."""
-        params = {"lock": FLOOR_LOCK, "ms": position.ms, "seq": position.seq}
-        with translated():
-            return await self._raise_floor(params)
+    async def raise_floor(self, position: StreamId) -> int | None:
+        """Everything below `position` is settled and acked: raise the floor to it, then prune
+        the duplicate ledger below it. Returns the ledger rows pruned, or None when the floor
+        stayed where it was because a settling transaction held it still for longer than
+        FLOOR_LOCK_TIMEOUT (a stuck consumer): the next round tries again.
 
-    async def _raise_floor(self, params: dict[str, int]) -> int:
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(self._sql["lock_floor"], params)
-            await conn.execute(self._sql["raise_floor"], params)
-            cursor = await conn.execute(self._sql["prune_ledger"], params)
-            return cursor.rowcount
+        Waiting for the exclusive lock queues every new settling transaction behind it, so the
+        wait is short and never open-ended; the pruning, which may take a while, runs after
+        the floor's transaction, outside the lock (no settling transaction reads the ledger
+        below the floor)."""
+        params = {"lock": FLOOR_LOCK, "ms": position.ms, "seq": position.seq,
+                  "lock_timeout": FLOOR_LOCK_TIMEOUT}
+        with translated():
+            if not await self._raise_floor(params):
+                return None
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql["prune_ledger"], params)
+                return cursor.rowcount
+
+    async def _raise_floor(self, params: dict[str, Any]) -> bool:
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                await conn.execute(self._sql["floor_lock_timeout"], params)
+                await conn.execute(self._sql["lock_floor"], params)
+                await conn.execute(self._sql["raise_floor"], params)
+        except psycopg.errors.LockNotAvailable:
+            return False
+        return True
 
     async def _revive(self, conn: AsyncConnection[Any], replays: list[Entry]) -> set[StreamId]:
         letters = [e.replay_of for e in replays if e.replay_of is not None]

@@ -9,6 +9,10 @@
 -- a snapshot taken once the lock is held) cannot move before this transaction commits.
 SELECT pg_advisory_xact_lock_shared(%(lock)s);
 
+-- name: floor_lock_timeout
+-- Bounds the wait for lock_floor (see Store.raise_floor), for this transaction only.
+SELECT set_config('lock_timeout', %(lock_timeout)s, true);
+
 -- name: lock_floor
 SELECT pg_advisory_xact_lock(%(lock)s);
 

@@ -41,7 +41,11 @@ class Housekeeping:
         trimmed = pruned = 0
         if state.settled_below is not None:
             trimmed = await self.stream.trim_below(state.settled_below)
-            pruned = await self.store.raise_floor(state.settled_below)
+            raised = await self.store.raise_floor(state.settled_below)
+            if raised is None:
+                logger.warning("the settled floor is held still by a settling transaction; "
+                               "trying again next round", extra={"action": "floor_busy"})
+            pruned = raised or 0
         removed = await self.stream.remove_gone_consumers(self.gone_ms)
         if trimmed or pruned or removed:
             logger.info("housekeeping", extra={

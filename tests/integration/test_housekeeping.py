@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
 from redis.asyncio import Redis
 
 from services.consumer.housekeeping import Housekeeping
+from shared.entries import StreamId
 from shared.settings import Settings
-from shared.store import Store
+from shared.sql import queries
+from shared.store import FLOOR_LOCK, Store
 from shared.stream import Stream
 from tests.helpers import (
     counts,
@@ -97,3 +100,29 @@ async def test_the_floor_prunes_the_ledger_and_a_stalled_consumer_below_it_count
 
 async def redis_len(stream: Stream) -> int:
     return int(await stream.redis.xlen(stream.key))
+
+
+async def test_raising_the_floor_gives_up_at_once_while_a_settling_transaction_is_stuck(
+        settings: Settings, stream: Stream, store: Store, database_url: str,
+        sql: psycopg.Connection[Any]) -> None:
+    """A settling transaction stuck while it holds the floor's shared lock (a consumer frozen
+    mid-batch) must not make raising the floor wait on it: the exclusive waiter would queue
+    every other consumer's next transaction behind it, for as long as the stuck one lasts."""
+    await stream.ensure_group()
+    await publish(stream, [event(f"e{i}") for i in range(20)])
+    first, rest = await stream.read_new("c", 10, 10), await stream.read_new("c", 10, 10)
+    await settle_like_a_consumer(stream, store, first)
+    with psycopg.connect(database_url) as stuck:  # a transaction, left open
+        stuck.execute(queries()["share_floor"], {"lock": FLOOR_LOCK})
+        raising = asyncio.create_task(store.raise_floor(StreamId.of_entry(first[-1][0])))
+        # It gives up within its lock timeout, leaving the floor where it was ...
+        assert await asyncio.wait_for(raising, timeout=5) is None
+        assert sql.execute("SELECT stream_ms, stream_seq FROM settled_floor").fetchone() == (0, 0)
+        # ... and a consumer's next batch settles while the stuck transaction still holds on.
+        settled = await asyncio.wait_for(settle_like_a_consumer(stream, store, rest), timeout=5)
+        assert settled.unique_total == 10
+    # Once it has let go, the floor rises.
+    assert await store.raise_floor(StreamId.of_entry(first[-1][0])) == 0
+    position = StreamId.of_entry(first[-1][0])
+    assert sql.execute("SELECT stream_ms, stream_seq FROM settled_floor").fetchone() == (
+        position.ms, position.seq)

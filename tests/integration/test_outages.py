@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import psycopg
+import pytest
 
 from shared.settings import Settings
 from shared.store import Store
@@ -47,3 +48,34 @@ async def _stalled(sql: psycopg.Connection[Any]) -> bool:
                       "WHERE query LIKE 'INSERT INTO events%' AND wait_event = 'PgSleep'"
                       ).fetchone()
     return bool(row and row[0] == 1)
+
+
+async def test_a_logagg_session_bounds_idle_transactions_statements_and_silent_peers(
+        store: Store) -> None:
+    async with store.pool.connection() as conn:
+        settings = await (await conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ("
+            " 'idle_in_transaction_session_timeout', 'statement_timeout',"
+            " 'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count')"
+            " ORDER BY name")).fetchall()
+    # Milliseconds for the timeouts, seconds and probes for the keepalives. (Over a Unix
+    # socket the server reports 0 for keepalives; the tests connect over TCP.)
+    assert settings == [("idle_in_transaction_session_timeout", "5000"),
+                        ("statement_timeout", "60000"), ("tcp_keepalives_count", "3"),
+                        ("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5")]
+
+
+async def test_a_transaction_a_client_leaves_idle_is_ended_by_the_server(
+        store: Store, sql: psycopg.Connection[Any]) -> None:
+    async with store.pool.connection() as conn:
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            async with conn.transaction():
+                backend = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())
+                assert backend is not None
+
+                async def ended() -> bool:
+                    return sql.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                       [backend[0]]).fetchone() is None
+
+                await eventually(ended, within=15, what="the idle transaction was ended")
+                await conn.execute("SELECT 1")
