@@ -61,11 +61,11 @@ def connect_redis(redis_url: str) -> Redis:
 
 
 # Every logagg session speaks UTC, and bounds what it can hold up: the server ends a transaction
-# left idle for 5 s between requests (a client gone away holding locks) and any statement after
-# 60 s; TCP keepalives on both ends notice a peer gone silent in about 25 s instead of the
-# kernel's two hours. Not covered: a client frozen in the middle of a pipeline (the settling
-# transaction) keeps its transaction, and its row locks, for as long as it is frozen; PostgreSQL
-# arms the idle timeout only between requests. A logagg transaction is idle for milliseconds.
+# left idle for 5 s (a client frozen or gone away while holding row locks, which a duplicate of
+# a key it inserted waits on) and any statement after 60 s; TCP keepalives on both ends notice a
+# peer gone silent in about 25 s instead of the kernel's two hours. PostgreSQL arms the idle
+# timeout only after a Sync, so the settling transaction syncs its pipeline before each wait
+# (shared/store.py). A logagg transaction is idle for milliseconds.
 SESSION_OPTIONS = " ".join(f"-c {name}={value}" for name, value in {
     "TimeZone": "UTC", "idle_in_transaction_session_timeout": "5s",
     "statement_timeout": "60s", "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncPipeline
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -173,13 +173,14 @@ class Store:
             return await self._settle(entries)
 
     async def _settle(self, entries: Sequence[Entry]) -> Settled:
-        async with self.pool.connection() as conn, conn.transaction(), conn.pipeline():
+        async with self.pool.connection() as conn, conn.transaction(), \
+                conn.pipeline() as pipeline:
             # Sent with the first statement, in one round trip (see sql/queries.sql).
             await conn.execute(self._sql["share_floor"], {"lock": FLOOR_LOCK})
             replays = [e for e in entries if e.replay_of is not None]
             if not replays:
-                return await self._store(conn, entries, [])
-            live = await self._revive(conn, replays)
+                return await self._store(conn, pipeline, entries, [])
+            live = await self._revive(conn, pipeline, replays)
             # Each letter comes back once, through its first replay in this batch. A replay
             # whose letter is not dead any more was settled before: it changes nothing.
             revivals: dict[StreamId, Entry] = {}
@@ -187,7 +188,8 @@ class Store:
                 if entry.replay_of in live:
                     revivals.setdefault(entry.replay_of, entry)
             kept = [e for e in entries if e.replay_of is None] + list(revivals.values())
-            return await self._store(conn, kept, [e.topic for e in revivals.values()])
+            return await self._store(conn, pipeline, kept,
+                                     [e.topic for e in revivals.values()])
 
     async def raise_floor(self, position: StreamId) -> int | None:
         """Everything below `position` is settled and acked: raise the floor to it, then prune
@@ -218,13 +220,16 @@ class Store:
             return False
         return True
 
-    async def _revive(self, conn: AsyncConnection[Any], replays: list[Entry]) -> set[StreamId]:
+    async def _revive(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline,
+                      replays: list[Entry]) -> set[StreamId]:
         letters = [e.replay_of for e in replays if e.replay_of is not None]
         cursor = await conn.execute(self._sql["revive_dead_letters"], {
             "replay_ms": [p.ms for p in letters], "replay_seq": [p.seq for p in letters]})
+        await pipeline.sync()
         return {StreamId(ms, seq) for ms, seq in await cursor.fetchall()}
 
-    async def _store(self, conn: AsyncConnection[Any], entries: Sequence[Entry],
+    async def _store(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline,
+                     entries: Sequence[Entry],
                      revived: list[str]) -> Settled:
         cursor = await conn.execute(self._sql["insert_unique"], {
             "topics": [e.topic for e in entries], "event_ids": [e.event_id for e in entries],
@@ -233,6 +238,9 @@ class Store:
             "payloads": [e.payload.decode() for e in entries],
             "stream_ms": [e.id.ms for e in entries], "stream_seq": [e.id.seq for e in entries],
         })
+        # A Sync before each wait for results: PostgreSQL arms the session's idle timeout only
+        # after a Sync, so a consumer frozen here cannot hold its locks for longer than that.
+        await pipeline.sync()
         inserted = await cursor.fetchall()
         unique = frozenset(StreamId(ms, seq) for _, ms, seq in inserted)
         # Only the entries that were not just stored can be duplicates (or redeliveries).
@@ -243,6 +251,7 @@ class Store:
             "unique_topics": [topic for topic, _, _ in inserted], "revived_topics": revived,
             "shard": _shard(),
         })
+        await pipeline.sync()
         duplicates = await cursor.fetchall()
         return Settled(
             unique=unique,
