@@ -1,10 +1,10 @@
 """Clients of Redis and PostgreSQL: opened and closed here, and nowhere else.
 
-Every process (ingest, a consumer, `logagg dlq`, the CLI) gets its `Stream` and `Store` from
-`opened()`, in one order: Redis first, then PostgreSQL; closed in the reverse order, so the
-store outlives the broker client by nothing and a failure while opening closes what was opened.
-PostgreSQL may be down when a process starts: the pool opens without waiting unless told to,
-and calls made meanwhile raise `StoreUnavailable` (see `shared/store_errors.py`).
+Ingest, every consumer, `logagg dlq` and the integration tests get their `Stream` and `Store`
+from `opened()`, in one order: Redis first, then PostgreSQL; closed in the reverse order, and a
+failure while opening closes what was already open. PostgreSQL may be down when a process
+starts: the pool opens without waiting unless its role says so, and calls made meanwhile raise
+`StoreUnavailable` (see `shared/store_errors.py`).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def backoff_s(attempt: int) -> float:
 
 async def until_done(call: Callable[[], Awaitable[T]], *, stream: Stream,
                      stop: asyncio.Event) -> T:
-    """Run `call` until it succeeds, handling each failure as the table above says."""
+    """Run `call` until it succeeds, handling each failure as this module's docstring says."""
     attempt = 0
     recreate_group = False
     while True:
