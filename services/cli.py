@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from services.alarms import __main__ as alarms
 from services.bench import __main__ as bench
 from services.consumer import __main__ as consumer
 from services.dlq import __main__ as dlq
@@ -41,6 +42,8 @@ COMMANDS: list[tuple[str, str, AddArguments, Run]] = [
     ("publish", "send simulated events, duplicates included", publisher.add_arguments,
      publisher.run),
     ("dlq", "list dead letters, or replay them", dlq.add_arguments, dlq.run),
+    ("alarms", "list standing alarms (exit 1 if any), or clear one", alarms.add_arguments,
+     alarms.run),
     ("bench", "measure throughput and latency against ceilings from the same run",
      bench.add_arguments, bench.run),
     ("up", "run the whole stack on this machine until Ctrl-C", local.add_up_arguments,

@@ -103,7 +103,7 @@ async def opened(settings: Settings, role: Role, name: str | None = None
                 await pool.open(wait=role.wait_for_store)
             yield Clients(
                 Stream(redis, key=settings.stream_key, group=settings.consumer_group),
-                Store(pool))
+                Store(pool, settings.stream_key))
         finally:
             await pool.close()
     finally:

@@ -50,6 +50,12 @@ class StreamId(NamedTuple):
     def __str__(self) -> str:
         return f"{self.ms}-{self.seq}"
 
+    def before(self) -> StreamId:
+        """The greatest id below this one (0-0 stays 0-0: nothing is below it)."""
+        if self.seq > 0:
+            return StreamId(self.ms, self.seq - 1)
+        return StreamId(self.ms - 1, _BIGINT - 1) if self.ms > 0 else self
+
     @property
     def received_at(self) -> datetime:
         """Redis stamps an auto-generated id with its clock when the XADD runs."""

@@ -10,6 +10,8 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared.alarms import KINDS
+from shared.store import Alarm
 from shared.stream import GroupState
 
 # ingest
@@ -53,3 +55,14 @@ def record_group_state(state: GroupState) -> None:
     STREAM_LAG.set(state.lag)
     oldest = state.oldest_unacked
     OLDEST_UNACKED_AGE.set(max(0.0, time.time() - oldest.ms / 1000) if oldest else 0.0)
+
+# alarms (shared/alarms.py), as ingest reads them from the store at each scrape
+ALARM = Gauge(
+    "logagg_alarm", "1 while an alarm of this kind stands (see /stats for its message), else 0.",
+    ["kind"])
+
+
+def record_alarms(alarms: list[Alarm]) -> None:
+    standing = {alarm.kind for alarm in alarms}
+    for kind in KINDS:
+        ALARM.labels(kind=kind).set(1 if kind in standing else 0)

@@ -28,6 +28,8 @@ from shared.entries import Entry, StreamId, Unreadable
 from shared.sql import queries
 from shared.store_errors import translated
 
+ORIGIN = StreamId(0, 0)  # before every position
+
 
 @dataclass(frozen=True, slots=True)
 class Settled:
@@ -38,10 +40,12 @@ class Settled:
     unique: frozenset[StreamId] = frozenset()
     duplicate: frozenset[StreamId] = frozenset()
     revived: Counter[str] = field(default_factory=Counter)
+    # The settled floor as the transaction found it (it may have risen since, never fallen).
+    floor: StreamId = ORIGIN
 
     def __add__(self, other: Settled) -> Settled:
         return Settled(self.unique | other.unique, self.duplicate | other.duplicate,
-                       self.revived + other.revived)
+                       self.revived + other.revived, max(self.floor, other.floor))
 
     @property
     def unique_total(self) -> int:
@@ -85,7 +89,9 @@ class Failure:
 
 
 COUNTER_SHARDS = 16
-FLOOR_LOCK = 0x6C6F67616768  # advisory lock guarding settled_floor (migrations use ...67)
+# Advisory locks guarding each stream's settled floor: (FLOOR_LOCK, stream id), a pair of
+# 32-bit keys, which never meets the migrations' single 64-bit key.
+FLOOR_LOCK = 0x6C6F6766  # "logf"
 # How long raising the floor may wait for settling transactions to let go of it: they take
 # milliseconds, so a longer wait means one of them is stuck, and everyone would queue behind.
 FLOOR_LOCK_TIMEOUT = "500ms"
@@ -160,27 +166,58 @@ class StoredEvent:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """An invariant the system could not keep (SPEC §4), standing until cleared."""
+
+    kind: str
+    message: str
+    since: datetime
+    last_seen: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "since": self.since}
+
+
 class Store:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    """The store of one stream's rows: every call reads and writes only what came from the
+    stream named `stream` (SPEC §4: deployments sharing a database never meet)."""
+
+    def __init__(self, pool: AsyncConnectionPool, stream: str) -> None:
         self.pool = pool
+        self.stream = stream
         self._sql = queries()
+        self._stream_id: int | None = None
+
+    async def stream_id(self) -> int:
+        """The id of this stream's rows, made on first use and then remembered."""
+        if self._stream_id is None:
+            with translated():
+                async with self.pool.connection() as conn:
+                    cursor = await conn.execute(self._sql["stream_id"], {"name": self.stream})
+                    row = await cursor.fetchone()
+            assert row is not None
+            self._stream_id = int(row[0])
+        return self._stream_id
 
     async def settle(self, entries: Sequence[Entry]) -> Settled:
         """Store and count a batch of stream entries in one transaction, committed on return."""
         if not entries:
             return Settled()
+        stream = await self.stream_id()
         with translated():
-            return await self._settle(entries)
+            return await self._settle(stream, entries)
 
-    async def _settle(self, entries: Sequence[Entry]) -> Settled:
+    async def _settle(self, stream: int, entries: Sequence[Entry]) -> Settled:
         async with self.pool.connection() as conn, conn.transaction(), \
                 conn.pipeline() as pipeline:
             # Sent with the first statement, in one round trip (see sql/queries.sql).
-            await conn.execute(self._sql["share_floor"], {"lock": FLOOR_LOCK})
+            floor = await conn.execute(self._sql["share_floor"],
+                                       {"lock": FLOOR_LOCK, "stream": stream})
             replays = [e for e in entries if e.replay_of is not None]
             if not replays:
-                return await self._store(conn, pipeline, entries, [])
-            live = await self._revive(conn, pipeline, replays)
+                return await self._store(conn, pipeline, stream, floor, entries, [])
+            live = await self._revive(conn, pipeline, stream, replays)
             # Each letter comes back once, through its first replay in this batch. A replay
             # whose letter is not dead any more was settled before: it changes nothing.
             revivals: dict[StreamId, Entry] = {}
@@ -188,7 +225,7 @@ class Store:
                 if entry.replay_of in live:
                     revivals.setdefault(entry.replay_of, entry)
             kept = [e for e in entries if e.replay_of is None] + list(revivals.values())
-            return await self._store(conn, pipeline, kept,
+            return await self._store(conn, pipeline, stream, floor, kept,
                                      [e.topic for e in revivals.values()])
 
     async def raise_floor(self, position: StreamId) -> int | None:
@@ -201,8 +238,8 @@ class Store:
         wait is short and never open-ended; the pruning, which may take a while, runs after
         the floor's transaction, outside the lock (no settling transaction reads the ledger
         below the floor)."""
-        params = {"lock": FLOOR_LOCK, "ms": position.ms, "seq": position.seq,
-                  "lock_timeout": FLOOR_LOCK_TIMEOUT}
+        params = {"lock": FLOOR_LOCK, "stream": await self.stream_id(), "ms": position.ms,
+                  "seq": position.seq, "lock_timeout": FLOOR_LOCK_TIMEOUT}
         with translated():
             if not await self._raise_floor(params):
                 return None
@@ -220,19 +257,60 @@ class Store:
             return False
         return True
 
-    async def _revive(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline,
+    async def floor(self) -> StreamId:
+        """The settled floor: every position of this stream below it was settled and acked."""
+        row = await self._one("floor", {"stream": await self.stream_id()})
+        return ORIGIN if row is None else StreamId(*row)
+
+    async def settled_high(self) -> StreamId | None:
+        """The highest position this store holds as settled (stored or counted as a
+        duplicate), or None when nothing was."""
+        row = await self._one("settled_high", {"stream": await self.stream_id()})
+        return None if row is None else StreamId(*row)
+
+    async def raise_alarm(self, kind: str, message: str) -> bool:
+        """Raise an alarm, or refresh the one of that kind standing; True when it is new."""
+        row = await self._one("raise_alarm", {"stream": await self.stream_id(), "kind": kind,
+                                              "message": message})
+        return bool(row and row[0])
+
+    async def alarms(self) -> list[Alarm]:
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql["alarms"],
+                                            {"stream": await self.stream_id()})
+                rows = await cursor.fetchall()
+        return [Alarm(*row) for row in rows]
+
+    async def clear_alarm(self, kind: str) -> bool:
+        """Clear a standing alarm; False when none of that kind stood."""
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql["clear_alarm"],
+                                            {"stream": await self.stream_id(), "kind": kind})
+                return cursor.rowcount > 0
+
+    async def _one(self, query: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql[query], params)
+                return await cursor.fetchone()
+
+    async def _revive(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline, stream: int,
                       replays: list[Entry]) -> set[StreamId]:
         letters = [e.replay_of for e in replays if e.replay_of is not None]
         cursor = await conn.execute(self._sql["revive_dead_letters"], {
-            "replay_ms": [p.ms for p in letters], "replay_seq": [p.seq for p in letters]})
+            "stream": stream, "replay_ms": [p.ms for p in letters],
+            "replay_seq": [p.seq for p in letters]})
         await pipeline.sync()
         return {StreamId(ms, seq) for ms, seq in await cursor.fetchall()}
 
-    async def _store(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline,
-                     entries: Sequence[Entry],
+    async def _store(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline, stream: int,
+                     floor_cursor: psycopg.AsyncCursor[Any], entries: Sequence[Entry],
                      revived: list[str]) -> Settled:
         cursor = await conn.execute(self._sql["insert_unique"], {
-            "topics": [e.topic for e in entries], "event_ids": [e.event_id for e in entries],
+            "stream": stream, "topics": [e.topic for e in entries],
+            "event_ids": [e.event_id for e in entries],
             "timestamps": [e.timestamp for e in entries],
             "sources": [e.source for e in entries],
             "payloads": [e.payload.decode() for e in entries],
@@ -242,11 +320,13 @@ class Store:
         # after a Sync, so a consumer frozen here cannot hold its locks for longer than that.
         await pipeline.sync()
         inserted = await cursor.fetchall()
+        floor_row = await floor_cursor.fetchone()
         unique = frozenset(StreamId(ms, seq) for _, ms, seq in inserted)
         # Only the entries that were not just stored can be duplicates (or redeliveries).
         rest = [e for e in entries if e.id not in unique]
         cursor = await conn.execute(self._sql["count_batch"], {
-            "topics": [e.topic for e in rest], "event_ids": [e.event_id for e in rest],
+            "stream": stream, "topics": [e.topic for e in rest],
+            "event_ids": [e.event_id for e in rest],
             "stream_ms": [e.id.ms for e in rest], "stream_seq": [e.id.seq for e in rest],
             "unique_topics": [topic for topic, _, _ in inserted], "revived_topics": revived,
             "shard": _shard(),
@@ -257,19 +337,21 @@ class Store:
             unique=unique,
             duplicate=frozenset(StreamId(ms, seq) for ms, seq in duplicates),
             revived=Counter(revived),
+            floor=StreamId(*floor_row) if floor_row else ORIGIN,
         )
 
     async def dead_letter(self, failures: Sequence[Failure]) -> int:
         """Give up on entries: write and count their dead letters, once. Returns how many new."""
         if not failures:
             return 0
+        stream = await self.stream_id()
         with translated():
-            return await self._dead_letter(failures)
+            return await self._dead_letter(stream, failures)
 
-    async def _dead_letter(self, failures: Sequence[Failure]) -> int:
+    async def _dead_letter(self, stream: int, failures: Sequence[Failure]) -> int:
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(self._sql["dead_letter"], {
-                "stream_ms": [f.id.ms for f in failures],
+                "stream": stream, "stream_ms": [f.id.ms for f in failures],
                 "stream_seq": [f.id.seq for f in failures],
                 "topics": [f.topic for f in failures],
                 "event_ids": [f.event_id for f in failures],
@@ -288,11 +370,13 @@ class Store:
                            limit: int = 100) -> list[DeadLetter]:
         start = after or StreamId(0, 0)
         return await self._letters("dead_letters", {
-            "after_ms": start.ms, "after_seq": start.seq, "status": status, "limit": limit})
+            "stream": await self.stream_id(), "after_ms": start.ms, "after_seq": start.seq,
+            "status": status, "limit": limit})
 
     async def dead_letters_at(self, positions: Sequence[StreamId]) -> list[DeadLetter]:
         return await self._letters("dead_letters_by_position", {
-            "stream_ms": [p.ms for p in positions], "stream_seq": [p.seq for p in positions]})
+            "stream": await self.stream_id(), "stream_ms": [p.ms for p in positions],
+            "stream_seq": [p.seq for p in positions]})
 
     async def _letters(self, query: str, params: dict[str, Any]) -> list[DeadLetter]:
         with translated():
@@ -302,9 +386,10 @@ class Store:
         return [DeadLetter(StreamId(ms, seq), *rest) for ms, seq, *rest in rows]
 
     async def stats(self) -> StoreStats:
+        stream = await self.stream_id()
         with translated():
             async with self.pool.connection() as conn:
-                cursor = await conn.execute(self._sql["topic_stats"])
+                cursor = await conn.execute(self._sql["topic_stats"], {"stream": stream})
                 rows = await cursor.fetchall()
         return StoreStats({topic: TopicCounts(u, d, dl) for topic, u, d, dl in rows})
 
@@ -313,7 +398,8 @@ class Store:
     ) -> list[StoredEvent]:
         """Stored events in stream order, after the position `after`, at most `limit` of them."""
         start = after or StreamId(0, 0)
-        params = {"topic": topic, "after_ms": start.ms, "after_seq": start.seq, "limit": limit}
+        params = {"stream": await self.stream_id(), "topic": topic, "after_ms": start.ms,
+                  "after_seq": start.seq, "limit": limit}
         query = self._sql["events_page" if topic is None else "events_page_of_topic"]
         with translated():
             async with self.pool.connection() as conn, \

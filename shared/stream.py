@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 
+LAG_COUNT_LIMIT = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class GroupState:
@@ -56,6 +58,27 @@ class GroupState:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """What the broker knows of the counts, in one atomic look: `received` and the group."""
+
+    received: int
+    group: GroupState
+
+    @property
+    def pending(self) -> int:
+        return self.group.pending
+
+
+@dataclass(frozen=True, slots=True)
+class LogEnds:
+    """The ends of the stream's log: the id Redis generated last (every id it hands out from now
+    on is above it), and the first entry still in the stream, if any."""
+
+    last_generated: StreamId
+    first_entry: StreamId | None
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """One XAUTOCLAIM page: the entries taken over, the ids that no longer exist, where to go on."""
 
@@ -73,21 +96,49 @@ class Stream:
         self._remove_gone = redis.register_script(
             (LUA_DIR / "remove_gone_consumers.lua").read_text())
 
-    async def ensure_group(self) -> None:
-        """Create the group (and the stream) unless it exists; harmless when it does.
+    async def ensure_group(self, after: StreamId | None = None) -> bool:
+        """Create the group (and the stream) unless it exists; True when it was created.
 
-        The group starts at the stream's beginning, so entries added before any consumer ran
-        are delivered too.
+        The group delivers the entries after the id `after`; by default it starts at the
+        stream's beginning, so entries added before any consumer ran are delivered too.
         """
+        start = "0" if after is None else str(after)
         with broker_errors():
             try:
-                await self.redis.xgroup_create(self.key, self.group, id="0", mkstream=True)
+                await self.redis.xgroup_create(self.key, self.group, id=start, mkstream=True)
             except ResponseError as error:
                 if "BUSYGROUP" in str(error):
-                    return
+                    return False
                 raise
-        logger.info("created consumer group", extra={"action": "group_created",
-                                                      "stream": self.key, "group": self.group})
+        logger.info("created consumer group", extra={
+            "action": "group_created", "stream": self.key, "group": self.group, "after": start})
+        return True
+
+    async def log_ends(self) -> LogEnds | None:
+        """The ends of the stream's log (XINFO STREAM), or None when there is no stream."""
+        with broker_errors():
+            try:
+                info: Any = await self.redis.xinfo_stream(self.key)
+            except ResponseError as error:
+                if "no such key" in str(error).lower():
+                    return None
+                raise
+        first = info.get("first-entry")
+        return LogEnds(StreamId.parse(info["last-generated-id"]),
+                       StreamId.of_entry(first[0]) if first else None)
+
+    async def holds(self, position: StreamId) -> bool:
+        """Whether the entry at `position` is in the stream."""
+        with broker_errors():
+            return bool(await self.redis.xrange(self.key, min=str(position), max=str(position),
+                                                count=1))
+
+    async def generate_after(self, position: StreamId) -> None:
+        """Make every id generated from now on greater than `position` (XSETID), so that a
+        broker that lost the tail of its log never hands out a settled position again."""
+        with broker_errors():
+            await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "XSETID", self.key, str(position))  # redis-py has no xsetid()
 
     async def publish(self, events: Sequence[bytes]) -> None:
         """Append every event and count them as received, all or nothing (one Lua script)."""
@@ -161,26 +212,43 @@ class Stream:
 
     async def group_state(self) -> GroupState:
         """The group's state in one atomic look (MULTI: XINFO GROUPS + XPENDING summary)."""
-        with broker_errors():
-            return await self._group_state()
+        return (await self.tally()).group
 
-    async def _group_state(self) -> GroupState:
+    async def tally(self) -> Tally:
+        """`received` and the group's state in one atomic look (MULTI: GET, XINFO GROUPS,
+        XPENDING summary): nothing can be appended or acked between them."""
+        with broker_errors():
+            return await self._tally()
+
+    async def _tally(self) -> Tally:
         pipe = self.redis.pipeline(transaction=True)
+        pipe.get(received_key(self.key))
         pipe.xinfo_groups(self.key)
         pipe.xpending(self.key, self.group)
-        try:
-            groups, summary = await pipe.execute()
-        except ResponseError:
+        # A MULTI whose commands fail still runs them all: the errors come back as values.
+        received, groups, summary = await pipe.execute(raise_on_error=False)
+        if isinstance(received, Exception):
+            raise received
+        count = int(received or 0)
+        if isinstance(groups, Exception) or isinstance(summary, Exception) or not any(
+                _text(g["name"]) == self.group for g in groups):
             # No stream (nothing was ever published), or no group yet: then nothing was
             # delivered, and every entry in the stream is waiting.
-            return GroupState(exists=False, unacked=0, lag=int(await self.redis.xlen(self.key)))
+            return Tally(count, GroupState(exists=False, unacked=0,
+                                           lag=int(await self.redis.xlen(self.key))))
+        return Tally(count, await self._group_state(groups, summary))
+
+    async def _group_state(self, groups: Any, summary: Any) -> GroupState:
         group = next(g for g in groups if _text(g["name"]) == self.group)
         last_delivered = StreamId.parse(group["last-delivered-id"])
         lag = group.get("lag")
         if lag is None:
-            # Redis cannot tell the lag (entries deleted inside the undelivered range): count it.
+            # Redis cannot tell the lag (entries deleted inside the undelivered range): count
+            # it, up to LAG_COUNT_LIMIT entries, so that a long backlog does not make every
+            # look read it all. Beyond that the figure is a floor, which is still not 0.
             start = f"({last_delivered}"
-            lag = len(await self.redis.xrange(self.key, min=start, max="+") or [])
+            lag = len(await self.redis.xrange(self.key, min=start, max="+",
+                                              count=LAG_COUNT_LIMIT) or [])
         oldest = StreamId.parse(summary["min"]) if summary["pending"] else None
         return GroupState(exists=True, unacked=int(summary["pending"]), lag=int(lag),
                           oldest_unacked=oldest, last_delivered=last_delivered)

@@ -3,40 +3,89 @@
 -- The statements that settle a batch take their arrays in binary (%(name)b): psycopg then sends
 -- them as they are, instead of quoting every string of every event into array syntax.
 
+-- name: stream_id
+-- The id of a stream's rows, made on first use. Two processes making it at once both end with
+-- the row of whichever committed first.
+WITH made AS (
+    INSERT INTO streams (name) VALUES (%(name)s)
+    ON CONFLICT ON CONSTRAINT streams_name_key DO NOTHING
+    RETURNING id
+)
+SELECT id FROM made UNION ALL SELECT id FROM streams WHERE name = %(name)s;
+
 -- name: share_floor
--- First in every settling transaction. The lock is shared with other settling transactions and
--- exclusive with raise_floor, so the floor that the statements after this one read (each with
--- a snapshot taken once the lock is held) cannot move before this transaction commits.
-SELECT pg_advisory_xact_lock_shared(%(lock)s);
+-- First in every settling transaction. The lock (one per stream) is shared with other settling
+-- transactions and exclusive with raise_floor, so the floor that the statements after this one
+-- read (each with a snapshot taken once the lock is held) cannot move before this transaction
+-- commits. Also returns the floor, as this statement's snapshot saw it: never above the one
+-- the statements after it use (the floor only rises).
+SELECT s.floor_ms, s.floor_seq
+FROM pg_advisory_xact_lock_shared(%(lock)s::int4, %(stream)s::int4) AS lock, streams AS s
+WHERE s.id = %(stream)s;
 
 -- name: floor_lock_timeout
 -- Bounds the wait for lock_floor (see Store.raise_floor), for this transaction only.
 SELECT set_config('lock_timeout', %(lock_timeout)s, true);
 
 -- name: lock_floor
-SELECT pg_advisory_xact_lock(%(lock)s);
+SELECT pg_advisory_xact_lock(%(lock)s::int4, %(stream)s::int4);
 
 -- name: raise_floor
-UPDATE settled_floor SET stream_ms = %(ms)s, stream_seq = %(seq)s
-WHERE (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
+UPDATE streams SET floor_ms = %(ms)s, floor_seq = %(seq)s
+WHERE id = %(stream)s AND (floor_ms, floor_seq) < (%(ms)s, %(seq)s);
 
 -- name: prune_ledger
-DELETE FROM duplicate_entries WHERE (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
+DELETE FROM duplicate_entries
+WHERE stream = %(stream)s AND (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
+
+-- name: floor
+SELECT floor_ms, floor_seq FROM streams WHERE id = %(stream)s;
+
+-- name: settled_high
+-- The highest position of this stream the store holds as settled: a stored copy or a counted
+-- duplicate (dead letters are left out: a `deleted` letter's entry is gone from the stream by
+-- definition). Each branch is one step down an index.
+SELECT stream_ms, stream_seq FROM (
+    (SELECT stream_ms, stream_seq FROM events WHERE stream = %(stream)s
+     ORDER BY stream_ms DESC, stream_seq DESC LIMIT 1)
+    UNION ALL
+    (SELECT stream_ms, stream_seq FROM duplicate_entries WHERE stream = %(stream)s
+     ORDER BY stream_ms DESC, stream_seq DESC LIMIT 1)
+) AS highest
+ORDER BY stream_ms DESC, stream_seq DESC
+LIMIT 1;
+
+-- name: raise_alarm
+INSERT INTO alarms AS a (stream, kind, message) VALUES (%(stream)s, %(kind)s, %(message)s)
+ON CONFLICT ON CONSTRAINT alarms_pkey DO UPDATE
+SET message = excluded.message, last_seen = now()
+RETURNING (xmax = 0) AS raised;
+
+-- name: alarms
+SELECT kind, message, since, last_seen FROM alarms WHERE stream = %(stream)s ORDER BY since, kind;
+
+-- name: clear_alarm
+DELETE FROM alarms WHERE stream = %(stream)s AND kind = %(kind)s;
 
 -- name: insert_unique
 -- Store the first copy of every key of the batch that is not stored yet. Rows go in sorted by
 -- key, so that two consumers inserting overlapping keys lock them in the same order and cannot
 -- deadlock. A key that another transaction is inserting waits for it, then is skipped.
-INSERT INTO events (topic, event_id, "timestamp", source, payload, stream_ms, stream_seq)
+-- An entry given up on (a dead letter) is never stored by a late delivery of it: it is counted
+-- already. Below the settled floor, too, a key not stored yet was never settled (a copy of a
+-- stored key is what the floor's pruned ledger forgets), so it is stored like any other.
+INSERT INTO events (stream, topic, event_id, "timestamp", source, payload, stream_ms,
+                    stream_seq)
 SELECT DISTINCT ON (b.topic, b.event_id)
-       b.topic, b.event_id, b.ts::timestamptz, b.source, b.payload::jsonb, b.stream_ms, b.stream_seq
+       %(stream)b::smallint, b.topic, b.event_id, b.ts::timestamptz, b.source, b.payload::jsonb,
+       b.stream_ms, b.stream_seq
 FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(timestamps)b::text[],
             %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
             %(stream_seq)b::bigint[])
      AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
--- Below the settled floor everything was settled and acked: an entry from there (a consumer
--- that stalled past its claim) changes nothing.
-WHERE (b.stream_ms, b.stream_seq) >= (SELECT stream_ms, stream_seq FROM settled_floor)
+WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
+                  WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
+                    AND d.stream_seq = b.stream_seq)
 ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
 ON CONFLICT ON CONSTRAINT events_dedup_key DO NOTHING
 RETURNING topic, stream_ms, stream_seq;
@@ -54,12 +103,20 @@ WITH batch AS (
     FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(stream_ms)b::bigint[],
                 %(stream_seq)b::bigint[]) AS b(topic, event_id, stream_ms, stream_seq)
 ), duplicates AS (
-    INSERT INTO duplicate_entries (stream_ms, stream_seq, topic, event_id)
-    SELECT b.stream_ms, b.stream_seq, b.topic, b.event_id
+    INSERT INTO duplicate_entries (stream, stream_ms, stream_seq, topic, event_id)
+    SELECT %(stream)b::smallint, b.stream_ms, b.stream_seq, b.topic, b.event_id
     FROM batch b
-    JOIN events e ON e.topic = b.topic AND e.event_id = b.event_id
+    JOIN events e
+      ON e.stream = %(stream)b::smallint AND e.topic = b.topic AND e.event_id = b.event_id
     WHERE (e.stream_ms, e.stream_seq) <> (b.stream_ms, b.stream_seq)
-      AND (b.stream_ms, b.stream_seq) >= (SELECT stream_ms, stream_seq FROM settled_floor)
+      -- Below the floor the ledger is pruned: a copy from there cannot be told from a
+      -- redelivery of one counted long ago, and is not counted (SPEC §4's alarm covers how
+      -- a first delivery could land there).
+      AND (b.stream_ms, b.stream_seq)
+          >= (SELECT floor_ms, floor_seq FROM streams WHERE id = %(stream)b::smallint)
+      AND NOT EXISTS (SELECT 1 FROM dead_letters d
+                      WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
+                        AND d.stream_seq = b.stream_seq)
     ORDER BY b.stream_ms, b.stream_seq
     ON CONFLICT ON CONSTRAINT duplicate_entries_pkey DO NOTHING
     RETURNING topic, stream_ms, stream_seq
@@ -76,9 +133,10 @@ WITH batch AS (
     ) AS settled
     GROUP BY topic
 ), counted AS (
-    INSERT INTO topic_stats AS s (topic, shard, unique_processed, duplicate_dropped,
+    INSERT INTO topic_stats AS s (stream, topic, shard, unique_processed, duplicate_dropped,
                                   dead_lettered)
-    SELECT topic, %(shard)b::smallint, unique_processed, duplicate_dropped, -revived
+    SELECT %(stream)b::smallint, topic, %(shard)b::smallint, unique_processed,
+           duplicate_dropped, -revived
     FROM deltas ORDER BY topic
     ON CONFLICT ON CONSTRAINT topic_stats_pkey DO UPDATE
     SET unique_processed = s.unique_processed + excluded.unique_processed,
@@ -94,7 +152,8 @@ SELECT stream_ms, stream_seq FROM duplicates;
 UPDATE dead_letters AS d
 SET status = 'replayed', replayed_at = now()
 FROM unnest(%(replay_ms)s::bigint[], %(replay_seq)s::bigint[]) AS r(stream_ms, stream_seq)
-WHERE d.stream_ms = r.stream_ms AND d.stream_seq = r.stream_seq AND d.status = 'dead'
+WHERE d.stream = %(stream)s AND d.stream_ms = r.stream_ms AND d.stream_seq = r.stream_seq
+  AND d.status = 'dead'
 RETURNING d.stream_ms, d.stream_seq;
 
 -- name: dead_letter
@@ -112,16 +171,18 @@ WITH letters AS (
          AS l(stream_ms, stream_seq, topic, event_id, event, reason, last_error, deliveries,
               replay_ms, replay_seq)
 ), fresh AS (
-    INSERT INTO dead_letters (stream_ms, stream_seq, topic, event_id, event, reason,
+    INSERT INTO dead_letters (stream, stream_ms, stream_seq, topic, event_id, event, reason,
                               last_error, deliveries)
-    SELECT l.stream_ms, l.stream_seq, l.topic, l.event_id, l.event, l.reason, l.last_error,
-           l.deliveries
+    SELECT %(stream)s, l.stream_ms, l.stream_seq, l.topic, l.event_id, l.event, l.reason,
+           l.last_error, l.deliveries
     FROM letters l
     WHERE l.replay_ms IS NULL
       AND NOT EXISTS (SELECT 1 FROM events e
-                      WHERE e.stream_ms = l.stream_ms AND e.stream_seq = l.stream_seq)
+                      WHERE e.stream = %(stream)s AND e.stream_ms = l.stream_ms
+                        AND e.stream_seq = l.stream_seq)
       AND NOT EXISTS (SELECT 1 FROM duplicate_entries d
-                      WHERE d.stream_ms = l.stream_ms AND d.stream_seq = l.stream_seq)
+                      WHERE d.stream = %(stream)s AND d.stream_ms = l.stream_ms
+                        AND d.stream_seq = l.stream_seq)
     ORDER BY l.stream_ms, l.stream_seq
     ON CONFLICT ON CONSTRAINT dead_letters_pkey DO NOTHING
     RETURNING coalesce(topic, '') AS topic, reason <> 'undecodable' AS counted
@@ -129,10 +190,11 @@ WITH letters AS (
     UPDATE dead_letters AS d
     SET last_error = l.last_error
     FROM letters l
-    WHERE d.stream_ms = l.replay_ms AND d.stream_seq = l.replay_seq AND d.status = 'dead'
+    WHERE d.stream = %(stream)s AND d.stream_ms = l.replay_ms AND d.stream_seq = l.replay_seq
+      AND d.status = 'dead'
 ), counted AS (
-    INSERT INTO topic_stats AS s (topic, shard, dead_lettered)
-    SELECT topic, %(shard)s::smallint, count(*) FROM fresh WHERE counted
+    INSERT INTO topic_stats AS s (stream, topic, shard, dead_lettered)
+    SELECT %(stream)s, topic, %(shard)s::smallint, count(*) FROM fresh WHERE counted
     GROUP BY topic ORDER BY topic
     ON CONFLICT ON CONSTRAINT topic_stats_pkey DO UPDATE
     SET dead_lettered = s.dead_lettered + excluded.dead_lettered
@@ -143,7 +205,7 @@ SELECT count(*) FILTER (WHERE counted) FROM fresh;
 SELECT stream_ms, stream_seq, topic, event_id, event, reason, last_error, deliveries, status,
        dead_lettered_at, replayed_at
 FROM dead_letters
-WHERE (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
+WHERE stream = %(stream)s AND (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
 ORDER BY stream_ms, stream_seq
 LIMIT %(limit)s;
@@ -153,26 +215,28 @@ SELECT stream_ms, stream_seq, topic, event_id, event, reason, last_error, delive
        dead_lettered_at, replayed_at
 FROM dead_letters AS d
 JOIN unnest(%(stream_ms)s::bigint[], %(stream_seq)s::bigint[]) AS p(ms, seq)
-  ON d.stream_ms = p.ms AND d.stream_seq = p.seq
+  ON d.stream = %(stream)s AND d.stream_ms = p.ms AND d.stream_seq = p.seq
 ORDER BY stream_ms, stream_seq;
 
 -- name: topic_stats
 SELECT topic, sum(unique_processed)::bigint, sum(duplicate_dropped)::bigint,
        sum(dead_lettered)::bigint
 FROM topic_stats
+WHERE stream = %(stream)s
 GROUP BY topic
 ORDER BY topic;
 
 -- name: events_page
 SELECT topic, event_id, "timestamp", source, payload::text AS payload, stream_ms, stream_seq
 FROM events
-WHERE (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
+WHERE stream = %(stream)s AND (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
 ORDER BY stream_ms, stream_seq
 LIMIT %(limit)s;
 
 -- name: events_page_of_topic
 SELECT topic, event_id, "timestamp", source, payload::text AS payload, stream_ms, stream_seq
 FROM events
-WHERE topic = %(topic)s AND (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
+WHERE stream = %(stream)s AND topic = %(topic)s
+  AND (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
 ORDER BY stream_ms, stream_seq
 LIMIT %(limit)s;

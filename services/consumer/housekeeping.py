@@ -3,8 +3,9 @@
 Every consumer does it now and then; doing it twice at once is harmless. Settled entries are
 trimmed (never one that is pending or not yet delivered) and the store's settled floor rises to
 the same point, pruning the duplicate ledger below it; consumers that are gone (nothing pending,
-idle for CONSUMER_GONE_MS) are removed from the group; and the group's gauges (unacked, lag,
-age of the oldest unacked entry) are refreshed.
+idle for CONSUMER_GONE_MS) are removed from the group; the group's gauges (unacked, lag,
+age of the oldest unacked entry) are refreshed; and the invariants that need a look at both
+servers are checked (`invariants.py`: the broker's history, the balance).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
+from services.consumer import invariants
 from shared.metrics import record_group_state
 from shared.settings import Settings
 from shared.store import Store
@@ -47,6 +49,8 @@ class Housekeeping:
                                "trying again next round", extra={"action": "floor_busy"})
             pruned = raised or 0
         removed = await self.stream.remove_gone_consumers(self.gone_ms)
+        await invariants.check_broker_history(self.stream, self.store)
+        await invariants.check_balance(self.stream, self.store)
         if trimmed or pruned or removed:
             logger.info("housekeeping", extra={
                 "action": "housekeeping", "trimmed": trimmed, "ledger_pruned": pruned,

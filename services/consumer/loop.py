@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from services.consumer import dead_letters
+from services.consumer import dead_letters, invariants
 from services.consumer.housekeeping import Housekeeping
 from services.consumer.recovery import Recovery
 from services.consumer.retry import Stopped, until_done
@@ -61,7 +61,9 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is settled and acked before returning."""
         try:
-            await self._until_done(self.stream.ensure_group, stop)
+            await self._until_done(self.recreate_group, stop)
+            await self._until_done(lambda: invariants.check_broker_history(
+                self.stream, self.store), stop)
             await self.resume_own(stop)
             while not stop.is_set():
                 await self.step(stop)
@@ -94,16 +96,24 @@ class Consumer:
         batch = await self._until_done(functools.partial(
             self.stream.read_new, self.name, self.settings.batch_size, READ_BLOCK_MS), stop)
         if batch:
-            await self.handle(batch, stop)
+            await self.handle(batch, stop, first_delivery=True)
 
-    async def handle(self, raw: Sequence[RawEntry], stop: asyncio.Event) -> None:
-        """Settle a batch and ack what was settled or given up on; leave the rest pending."""
+    async def recreate_group(self) -> None:
+        await invariants.ensure_group(self.stream, self.store)
+
+    async def handle(self, raw: Sequence[RawEntry], stop: asyncio.Event,
+                     first_delivery: bool = False) -> None:
+        """Settle a batch and ack what was settled or given up on; leave the rest pending.
+        `first_delivery`: the batch was never delivered before (XREADGROUP >)."""
         started = time.perf_counter()
         entries, unreadable = decode(raw)
         # If a stop comes while PostgreSQL is away, nothing was committed or acked: the entries
         # stay pending for another consumer.
         outcome = await self._until_done(
             lambda: dead_letters.settle_isolating(self.store, entries), stop)
+        if first_delivery:
+            await self._until_done(lambda: invariants.check_first_deliveries(
+                self.store, self.stream, outcome.settled_entries, outcome.settled.floor), stop)
         failures = [*outcome.failures, *(Failure.of_unreadable(u) for u in unreadable)]
         given_up = await self._until_done(
             lambda: dead_letters.give_up_exhausted(self.stream, self.store, self.name,
@@ -138,7 +148,7 @@ class Consumer:
             "dead_lettered": given_up.new, "ms": round(seconds * 1000, 1)})
 
     async def _until_done(self, call: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
-        return await until_done(call, stream=self.stream, stop=stop)
+        return await until_done(call, recreate_group=self.recreate_group, stop=stop)
 
     def summary(self) -> dict[str, object]:
         t = self.totals

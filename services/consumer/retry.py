@@ -2,7 +2,8 @@
 
 - `StoreConflict` (deadlock, serialization failure): try the same call again at once; the
   other transaction went through.
-- `GroupMissing` (the group was deleted, or Redis lost it): recreate the group, then try again.
+- `GroupMissing` (the group was deleted, or Redis lost it): recreate the group (the caller's
+  `recreate_group`, which also raises the alarm: `invariants.ensure_group`), then try again.
 - `BrokerUnavailable`, `StoreUnavailable`: back off (0.1 s, doubling, at most 5 s) and try again.
 - `EntryRejected` does not come here: `dead_letters` isolates the entry.
 
@@ -19,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from shared.exceptions import GroupMissing, StoreConflict, Unavailable
-from shared.stream import Stream
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +39,16 @@ def backoff_s(attempt: int) -> float:
     return min(MAX_BACKOFF_S, 0.1 * 2.0 ** min(attempt - 1, 16))
 
 
-async def until_done(call: Callable[[], Awaitable[T]], *, stream: Stream,
-                     stop: asyncio.Event) -> T:
+async def until_done(call: Callable[[], Awaitable[T]], *,
+                     recreate_group: Callable[[], Awaitable[object]], stop: asyncio.Event) -> T:
     """Run `call` until it succeeds, handling each failure as this module's docstring says."""
     attempt = 0
-    recreate_group = False
+    group_missing = False
     while True:
         try:
-            if recreate_group:
-                await stream.ensure_group()
-                recreate_group = False
+            if group_missing:
+                await recreate_group()
+                group_missing = False
             return await call()
         except StoreConflict as error:
             if stop.is_set():
@@ -60,7 +60,7 @@ async def until_done(call: Callable[[], Awaitable[T]], *, stream: Stream,
                 raise Stopped() from error
             attempt += 1
             if isinstance(error, GroupMissing):
-                recreate_group = True
+                group_missing = True
                 what = "group_missing"
             else:
                 what = f"{error.what}_unavailable"

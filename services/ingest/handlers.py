@@ -21,9 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.ingest.bodies import read_events
 from services.ingest.errors import ApiError, json_dumps
 from services.ingest.keys import BACKLOG, SETTINGS, STARTED, STORE, STREAM
-from shared import cursor
-from shared.exceptions import BrokerUnavailable, InvalidCursor, Unavailable
-from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS, record_group_state
+from shared import cursor, snapshot
+from shared.exceptions import BrokerUnavailable, InvalidCursor, StoreUnavailable, Unavailable
+from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS, record_alarms, record_group_state
 from shared.paths import OPENAPI_FILE, STATIC_DIR
 
 logger = logging.getLogger(__name__)
@@ -98,15 +98,15 @@ def _bad_query(name: str, why: str) -> ApiError:
 
 
 async def stats(request: web.Request) -> web.Response:
-    stream, store = request.app[STREAM], request.app[STORE]
-    received, pending = await asyncio.gather(stream.received(), stream.pending())
-    counts = await store.stats()
+    look = await snapshot.take(request.app[STREAM], request.app[STORE])
+    record_alarms(look.alarms)
+    counts = look.counts
     return _json({
-        "received": received,
+        "received": look.received,
         "unique_processed": counts.total("unique_processed"),
         "duplicate_dropped": counts.total("duplicate_dropped"),
         "dead_lettered": counts.total("dead_lettered"),
-        "pending": pending,
+        "pending": look.pending,
         "uptime_seconds": round(time.monotonic() - request.app[STARTED], 3),
         "topics": {
             topic: {"unique_processed": c.unique_processed,
@@ -114,6 +114,7 @@ async def stats(request: web.Request) -> web.Response:
             for topic, c in counts.topics.items()
             if topic  # "": letters of entries whose topic could not be read
         },
+        "alarms": [alarm.as_json() for alarm in look.alarms],
     })
 
 
@@ -143,6 +144,8 @@ async def metrics(request: web.Request) -> web.Response:
     # leaves the last values, and the scrape still succeeds.
     with contextlib.suppress(BrokerUnavailable):
         record_group_state(await request.app[STREAM].group_state())
+    with contextlib.suppress(StoreUnavailable):
+        record_alarms(await request.app[STORE].alarms())
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

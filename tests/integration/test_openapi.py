@@ -194,7 +194,8 @@ def stats_of_three_and_a_copy(body: Any) -> bool:
         "received": 4, "unique_processed": 3, "duplicate_dropped": 1, "dead_lettered": 0,
         "pending": 0,
         "topics": {"auth": {"unique_processed": 2, "duplicate_dropped": 1},
-                   "billing": {"unique_processed": 1, "duplicate_dropped": 0}}})
+                   "billing": {"unique_processed": 1, "duplicate_dropped": 0}},
+        "alarms": []})
 
 
 async def a_full_backlog(world: World) -> ClientResponse:

@@ -1,0 +1,92 @@
+"""Invariants a consumer checks, and the alarms it raises when one does not hold (SPEC §4).
+
+- **The group exists.** A lost group (FLUSHALL, data loss, a restore without it) is recreated
+  just after the settled floor: everything below it was settled and acked, and what is above it
+  is delivered again, which the store makes harmless. Alarm `group_lost`.
+- **The broker's log holds what the store settled.** The store's highest settled position must
+  be in the stream, or below its first entry (trimmed), and Redis's last generated id must not
+  be below it. A broker restored from an older file, crashed with `appendfsync everysec`, or
+  failed over to a replica that was behind breaks this: its ids are moved past the settled
+  positions (XSETID), so that new events never reuse one, and alarm `broker_history_lost`.
+- **No first delivery below the floor.** An entry never delivered before, below the settled
+  floor, means the group's history went back. Its key is stored if it is new (the store never
+  drops an unsettled key), but a copy of a stored key cannot be told from a redelivery there and
+  is not counted. Alarm `broker_history_lost`.
+- **The balance holds.** Whenever a consistent snapshot shows nothing pending,
+  received == unique_processed + duplicate_dropped + dead_lettered. Alarm `balance_drift`.
+
+Checked at consumer start and in every housekeeping round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shared import snapshot
+from shared.alarms import BALANCE_DRIFT, BROKER_HISTORY_LOST, GROUP_LOST, raise_alarm
+from shared.entries import Entry, StreamId
+from shared.store import ORIGIN, Store
+from shared.stream import Stream
+
+
+async def ensure_group(stream: Stream, store: Store) -> None:
+    """Create the group unless it exists; after the settled floor if the store has settled
+    anything of this stream, which means the group was there before and is lost."""
+    floor = await store.floor()
+    high = await store.settled_high()
+    if floor == ORIGIN and high is None:
+        await stream.ensure_group()
+        return
+    after = floor.before()
+    if await stream.ensure_group(after=after):
+        await raise_alarm(store, GROUP_LOST, (
+            f"the consumer group {stream.group!r} of stream {stream.key!r} was gone and has "
+            f"been recreated after the settled floor {floor}: entries from there on are "
+            f"delivered again (counted once); any the old group had not delivered below it "
+            f"are not"))
+
+
+async def check_broker_history(stream: Stream, store: Store) -> None:
+    high = await store.settled_high()
+    floor = await store.floor()
+    known = max(high or ORIGIN, floor.before())
+    if known == ORIGIN:
+        return
+    ends = await stream.log_ends()
+    last = ends.last_generated if ends else ORIGIN
+    if last < known:
+        if ends is None:
+            await ensure_group(stream, store)  # XSETID needs the stream
+        await stream.generate_after(known)
+        await raise_alarm(store, BROKER_HISTORY_LOST, (
+            f"the broker's log of stream {stream.key!r} ends at {last}, but positions up to "
+            f"{known} were settled: the broker lost entries it had accepted (restored from an "
+            f"older file, a crash with appendfsync everysec, a failover to a replica that was "
+            f"behind), and `received` lost their count with them; new entries now get ids "
+            f"after {known}"))
+    elif (high is not None and ends is not None and ends.first_entry is not None
+          and ends.first_entry <= high and not await stream.holds(high)):
+        await raise_alarm(store, BROKER_HISTORY_LOST, (
+            f"settled position {high} is missing from the broker's stream {stream.key!r}, "
+            f"which still holds older entries: the broker lost part of its log (or entries "
+            f"were deleted by hand), and `received` may have lost their count"))
+
+
+async def check_first_deliveries(store: Store, stream: Stream, entries: Sequence[Entry],
+                                 floor: StreamId) -> None:
+    below = [e.id for e in entries if e.id < floor]
+    if below:
+        await raise_alarm(store, BROKER_HISTORY_LOST, (
+            f"{len(below)} entries of stream {stream.key!r} were delivered for the first time "
+            f"below the settled floor {floor} (the lowest {min(below)}): the group's history "
+            f"went back; new keys among them were stored, copies of stored keys were not "
+            f"counted"))
+
+
+async def check_balance(stream: Stream, store: Store) -> None:
+    look = await snapshot.take(stream, store)
+    if look.pending == 0 and not look.balanced:
+        await raise_alarm(store, BALANCE_DRIFT, (
+            f"nothing is pending on stream {stream.key!r}, yet received {look.received} != "
+            f"unique_processed + duplicate_dropped + dead_lettered = {look.settled} "
+            f"(off by {look.received - look.settled:+d})"))

@@ -1,0 +1,31 @@
+"""Alarms: what the system could not guarantee, reported instead of kept silent (SPEC §4).
+
+An alarm is raised where its fault is detected (`services/consumer/invariants.py`), stands in the
+store until an operator clears it (`logagg alarms clear KIND`), and shows in `/stats`,
+`/metrics` (`logagg_alarm`) and the dashboard. Raising one that stands refreshes its message and
+keeps its `since`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.store import Store
+
+logger = logging.getLogger(__name__)
+
+# The broker's log went back: settled positions are missing from it, or a first delivery came
+# below the settled floor. Events accepted in the lost part, and their `received` count, are gone.
+BROKER_HISTORY_LOST = "broker_history_lost"
+# The consumer group vanished and was recreated.
+GROUP_LOST = "group_lost"
+# Nothing pending, yet received != unique_processed + duplicate_dropped + dead_lettered.
+BALANCE_DRIFT = "balance_drift"
+
+KINDS = (BROKER_HISTORY_LOST, GROUP_LOST, BALANCE_DRIFT)
+
+
+async def raise_alarm(store: Store, kind: str, message: str) -> None:
+    """Record the alarm (or refresh the one standing), and log it when it is new."""
+    if await store.raise_alarm(kind, message):
+        logger.error("alarm: %s", message, extra={"action": "alarm_raised", "kind": kind})
