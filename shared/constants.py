@@ -15,3 +15,9 @@ REPLAY_FIELD = b"r"
 def received_key(stream_key: str) -> str:
     """Counter of events answered 202, incremented in the same script as their XADDs."""
     return f"{stream_key}:received"
+
+
+def mark_key(stream_key: str) -> str:
+    """The broker's copy of the history mark (services/consumer/invariants.py): a number the
+    store also records, once Redis has acknowledged it, and that only grows."""
+    return f"{stream_key}:mark"

@@ -262,6 +262,17 @@ class Store:
         row = await self._one("floor", {"stream": await self.stream_id()})
         return ORIGIN if row is None else StreamId(*row)
 
+    async def mark(self) -> int:
+        """The history mark the broker acknowledged last (see services/consumer/invariants.py)."""
+        row = await self._one("mark", {"stream": await self.stream_id()})
+        return int(row[0]) if row else 0
+
+    async def raise_mark(self, mark: int) -> None:
+        stream = await self.stream_id()
+        with translated():
+            async with self.pool.connection() as conn:
+                await conn.execute(self._sql["raise_mark"], {"stream": stream, "mark": mark})
+
     async def settled_high(self) -> StreamId | None:
         """The highest position this store holds as settled (stored or counted as a
         duplicate), or None when nothing was."""

@@ -20,7 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from shared.constants import EVENT_FIELD, REPLAY_FIELD, received_key
+from shared.constants import EVENT_FIELD, REPLAY_FIELD, mark_key, received_key
 from shared.entries import StreamId
 from shared.exceptions import BrokerUnavailable, GroupMissing
 from shared.paths import LUA_DIR
@@ -93,6 +93,7 @@ class Stream:
         self.key = key
         self.group = group
         self._publish = redis.register_script((LUA_DIR / "publish.lua").read_text())
+        self._raise_mark = redis.register_script((LUA_DIR / "raise_mark.lua").read_text())
         self._remove_gone = redis.register_script(
             (LUA_DIR / "remove_gone_consumers.lua").read_text())
 
@@ -132,6 +133,16 @@ class Stream:
         with broker_errors():
             return bool(await self.redis.xrange(self.key, min=str(position), max=str(position),
                                                 count=1))
+
+    async def mark(self) -> int:
+        """The broker's copy of the history mark (0 when it has none)."""
+        with broker_errors():
+            return int(await self.redis.get(mark_key(self.key)) or 0)
+
+    async def raise_mark(self, mark: int) -> int:
+        """Raise the broker's copy of the history mark to at least `mark`; returns it."""
+        with broker_errors():
+            return int(await self._raise_mark(keys=[mark_key(self.key)], args=[mark]))
 
     async def generate_after(self, position: StreamId) -> None:
         """Make every id generated from now on greater than `position` (XSETID), so that a

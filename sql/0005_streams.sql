@@ -10,6 +10,9 @@ CREATE TABLE streams (
     -- settled and acked. Housekeeping raises it; the duplicate ledger below it is pruned.
     floor_ms  bigint NOT NULL DEFAULT 0,
     floor_seq bigint NOT NULL DEFAULT 0,
+    -- The history mark (services/consumer/invariants.py): the broker holds a copy, written
+    -- before this one. A broker whose copy is below it lost writes it had acknowledged.
+    mark      bigint NOT NULL DEFAULT 0,
     CONSTRAINT streams_name_key UNIQUE (name)
 );
 

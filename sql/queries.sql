@@ -41,6 +41,12 @@ WHERE stream = %(stream)s AND (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
 -- name: floor
 SELECT floor_ms, floor_seq FROM streams WHERE id = %(stream)s;
 
+-- name: mark
+SELECT mark FROM streams WHERE id = %(stream)s;
+
+-- name: raise_mark
+UPDATE streams SET mark = greatest(mark, %(mark)s) WHERE id = %(stream)s;
+
 -- name: settled_high
 -- The highest position of this stream the store holds as settled: a stored copy or a counted
 -- duplicate (dead letters are left out: a `deleted` letter's entry is gone from the stream by

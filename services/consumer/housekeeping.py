@@ -40,14 +40,18 @@ class Housekeeping:
         self._next = time.monotonic() + self.interval_s
         state = await self.stream.group_state()
         record_group_state(state)
-        trimmed = pruned = 0
+        trimmed = 0
+        pruned: int | None = 0
         if state.settled_below is not None:
-            trimmed = await self.stream.trim_below(state.settled_below)
-            raised = await self.store.raise_floor(state.settled_below)
-            if raised is None:
+            # The floor first, then the trim, and only once the floor has risen: a settled
+            # entry at or above the floor stays in the stream, which the broker's history
+            # check relies on (invariants.py).
+            pruned = await self.store.raise_floor(state.settled_below)
+            if pruned is None:
                 logger.warning("the settled floor is held still by a settling transaction; "
                                "trying again next round", extra={"action": "floor_busy"})
-            pruned = raised or 0
+            else:
+                trimmed = await self.stream.trim_below(state.settled_below)
         removed = await self.stream.remove_gone_consumers(self.gone_ms)
         await invariants.check_broker_history(self.stream, self.store)
         await invariants.check_balance(self.stream, self.store)

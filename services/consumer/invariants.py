@@ -3,11 +3,17 @@
 - **The group exists.** A lost group (FLUSHALL, data loss, a restore without it) is recreated
   just after the settled floor: everything below it was settled and acked, and what is above it
   is delivered again, which the store makes harmless. Alarm `group_lost`.
-- **The broker's log holds what the store settled.** The store's highest settled position must
-  be in the stream, or below its first entry (trimmed), and Redis's last generated id must not
-  be below it. A broker restored from an older file, crashed with `appendfsync everysec`, or
-  failed over to a replica that was behind breaks this: its ids are moved past the settled
-  positions (XSETID), so that new events never reuse one, and alarm `broker_history_lost`.
+- **The broker never goes back in its history.** A broker restored from an older file, crashed
+  with `appendfsync everysec`, or failed over to a replica that was behind has lost writes it
+  had acknowledged. Three signs of it, each checked:
+  - the *history mark*: every check writes a number into Redis, then records it in the store
+    once Redis has acknowledged it; a broker whose copy is below the store's lost at least the
+    writes since that mark (this sign does not depend on what was published meanwhile);
+  - a settled position at or above the floor missing from the stream (housekeeping trims only
+    below the floor, so a settled entry there must still be in it);
+  - Redis's last generated id below the highest settled position: its ids are then moved past
+    it (XSETID), so that new events never reuse a settled position.
+  Alarm `broker_history_lost`. What was lost cannot be listed: the alarm says from when.
 - **No first delivery below the floor.** An entry never delivered before, below the settled
   floor, means the group's history went back. Its key is stored if it is new (the store never
   drops an unsettled key), but a copy of a stored key cannot be told from a redelivery there and
@@ -47,6 +53,7 @@ async def ensure_group(stream: Stream, store: Store) -> None:
 
 
 async def check_broker_history(stream: Stream, store: Store) -> None:
+    await _check_mark(stream, store)
     high = await store.settled_high()
     floor = await store.floor()
     known = max(high or ORIGIN, floor.before())
@@ -64,12 +71,25 @@ async def check_broker_history(stream: Stream, store: Store) -> None:
             f"older file, a crash with appendfsync everysec, a failover to a replica that was "
             f"behind), and `received` lost their count with them; new entries now get ids "
             f"after {known}"))
-    elif (high is not None and ends is not None and ends.first_entry is not None
-          and ends.first_entry <= high and not await stream.holds(high)):
+    elif high is not None and high >= floor and not await stream.holds(high):
         await raise_alarm(store, BROKER_HISTORY_LOST, (
             f"settled position {high} is missing from the broker's stream {stream.key!r}, "
-            f"which still holds older entries: the broker lost part of its log (or entries "
-            f"were deleted by hand), and `received` may have lost their count"))
+            f"though it is above the settled floor {floor}, below which alone entries are "
+            f"trimmed: the broker lost part of its log (or entries were deleted by hand), and "
+            f"`received` may have lost their count"))
+
+
+async def _check_mark(stream: Stream, store: Store) -> None:
+    broker, recorded = await stream.mark(), await store.mark()
+    if broker < recorded:
+        await raise_alarm(store, BROKER_HISTORY_LOST, (
+            f"the broker's history mark of stream {stream.key!r} is {broker}, but it had "
+            f"acknowledged {recorded}: it went back in its history (restored from an older "
+            f"file, a crash with appendfsync everysec, a failover to a replica that was "
+            f"behind, a FLUSHALL) and lost what it was sent since that mark was written, "
+            f"events accepted and their `received` count included"))
+    # Redis first: the store never records a mark the broker has not acknowledged.
+    await store.raise_mark(await stream.raise_mark(max(broker, recorded) + 1))
 
 
 async def check_first_deliveries(store: Store, stream: Stream, entries: Sequence[Entry],

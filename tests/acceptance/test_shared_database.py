@@ -26,6 +26,7 @@ UNIQUE = 2800
 
 def second_deployment(first: LocalStack, folder: Path) -> LocalStack:
     """Ingest and two consumers of another stream, on the first stack's servers."""
+    folder.mkdir(parents=True)
     second = LocalStack(first.settings, folder, redis_port=0, postgres_port=0, consumers=2)
     second.settings = replace(first.settings, stream_key="events-of-team-b",
                               ingest_port=free_port())

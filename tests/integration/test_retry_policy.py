@@ -186,7 +186,7 @@ async def test_a_deadlock_is_retried_at_once_and_never_dead_lettered(
     assert logged(log.records, "store_unavailable") == [], "a deadlock is not an outage: no backoff"
 
 
-async def test_a_lost_consumer_group_is_recreated_and_the_consumer_goes_on_without_a_restart(
+async def test_a_lost_consumer_group_is_recreated_with_an_alarm_and_the_consumer_goes_on(
         settings: Settings, stream: Stream, store: Store, redis: Redis,
         log: pytest.LogCaptureFixture) -> None:
     await publish(stream, with_duplicates(unique=20, duplicates=10, seed=1))
@@ -205,3 +205,7 @@ async def test_a_lost_consumer_group_is_recreated_and_the_consumer_goes_on_witho
     assert str(lost.args[2]).startswith("NOGROUP")  # type: ignore[index]
     assert len(logged(log.records, "group_created")) == 2, "created, then recreated"
     assert logged(log.records, "broker_unavailable") == []
+    # Not silently: the loss stands as an alarm until cleared.
+    assert [alarm.kind for alarm in await store.alarms()] == ["group_lost"]
+    [raised] = logged(log.records, "alarm_raised")
+    assert "was gone and has been recreated" in raised.getMessage()

@@ -1,0 +1,144 @@
+"""Invariants and their alarms (services/consumer/invariants.py), each sign of each fault made
+for real on the test's Redis and PostgreSQL. The whole fault, a Redis restarted from a
+truncated append-only file, is tests/acceptance/test_broker_history.py."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from services.consumer import invariants
+from shared.constants import mark_key, received_key
+from shared.entries import StreamId
+from shared.settings import Settings
+from shared.store import Store
+from shared.stream import Stream
+from tests.helpers import (
+    balance,
+    consumer,
+    drained,
+    event,
+    eventually,
+    logged,
+    publish,
+    run_until_drained,
+    running,
+    with_duplicates,
+)
+
+
+async def alarm_kinds(store: Store) -> list[str]:
+    return [alarm.kind for alarm in await store.alarms()]
+
+
+async def settled_batch(settings: Settings, stream: Stream, store: Store) -> None:
+    await publish(stream, with_duplicates(unique=20, duplicates=10))
+    await run_until_drained(settings, stream, store)
+
+
+async def test_nothing_is_raised_while_every_invariant_holds(
+        settings: Settings, stream: Stream, store: Store) -> None:
+    await settled_batch(settings, stream, store)
+    start = await store.mark()  # the consumer checked once, at its start
+    assert start == await stream.mark() == 1
+    for _ in range(2):
+        await invariants.check_broker_history(stream, store)
+        await invariants.check_balance(stream, store)
+    assert await alarm_kinds(store) == []
+    assert await store.mark() == await stream.mark() == start + 2
+
+
+async def test_a_broker_whose_history_mark_went_back_raises_broker_history_lost(
+        settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
+    await settled_batch(settings, stream, store)
+    await invariants.check_broker_history(stream, store)
+    await invariants.check_broker_history(stream, store)
+    mark = await store.mark()
+    # The broker as restored from a file written between the last two checks.
+    await redis.set(mark_key(settings.stream_key), mark - 1)
+    await invariants.check_broker_history(stream, store)
+    [alarm] = await store.alarms()
+    assert alarm.kind == "broker_history_lost"
+    assert f"history mark of stream {settings.stream_key!r} is {mark - 1}, but it had " \
+           f"acknowledged {mark}" in alarm.message
+    # Raising it again keeps its `since`.
+    await redis.set(mark_key(settings.stream_key), 0)
+    await invariants.check_broker_history(stream, store)
+    [again] = await store.alarms()
+    assert again.since == alarm.since and again.last_seen > alarm.last_seen
+
+
+async def test_a_settled_entry_above_the_floor_missing_from_the_stream_raises_the_alarm(
+        settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
+    await settled_batch(settings, stream, store)
+    high = await store.settled_high()
+    assert high is not None and await store.floor() <= high  # no housekeeping ran
+    await invariants.check_broker_history(stream, store)
+    assert await alarm_kinds(store) == []
+    await redis.xdel(settings.stream_key, str(high))
+    await invariants.check_broker_history(stream, store)
+    [alarm] = await store.alarms()
+    assert f"settled position {high} is missing" in alarm.message
+
+
+async def test_a_broker_log_behind_the_settled_positions_generates_ids_past_them(
+        settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
+    await settled_batch(settings, stream, store)
+    high = await store.settled_high()
+    assert high is not None
+    # Everything gone but the mark (the fault the mark alone would not show).
+    await redis.delete(settings.stream_key)
+    await invariants.check_broker_history(stream, store)
+    alarms = {alarm.kind: alarm.message for alarm in await store.alarms()}
+    assert set(alarms) == {"broker_history_lost", "group_lost"}  # the group went with it
+    assert f"new entries now get ids after {high}" in alarms["broker_history_lost"]
+    await stream.publish([b'{"topic": "t", "event_id": "x"}'])
+    [(raw_id, _)] = await redis.xrange(settings.stream_key)
+    assert StreamId.of_entry(raw_id) > high
+
+
+async def test_a_first_delivery_below_the_floor_raises_the_alarm_and_counts_nothing_twice(
+        settings: Settings, stream: Stream, store: Store, redis: Redis,
+        caplog: pytest.LogCaptureFixture) -> None:
+    await settled_batch(settings, stream, store)
+    before = await balance(store, stream)
+    state = await stream.group_state()
+    assert state.settled_below is not None
+    assert await store.raise_floor(state.settled_below) is not None
+    # The group's history goes back (a restore that kept the stream's entries but an older
+    # group): every entry is delivered "for the first time" again, all below the floor.
+    await redis.xgroup_setid(settings.stream_key, settings.consumer_group, "0")
+    worker = consumer(settings, stream, store, "second")
+    async with running(worker):
+        await eventually(lambda: drained(stream), what="the rewound group drained")
+    assert await balance(store, stream) == before
+    assert await alarm_kinds(store) == ["broker_history_lost"]
+    [raised] = logged(caplog.records, "alarm_raised")
+    assert "delivered for the first time below the settled floor" in raised.getMessage()
+
+
+async def test_a_new_key_first_delivered_below_the_floor_is_still_stored(
+        settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
+    await settled_batch(settings, stream, store)
+    floor_raised_to = StreamId(2**62, 0)  # far above every id this test's Redis will make
+    assert await store.raise_floor(floor_raised_to) is not None
+    await publish(stream, [event("brand-new", topic="late")])
+    await run_until_drained(settings, stream, store, "late")
+    stored = await store.events_page(topic="late", after=None, limit=10)
+    assert [e.event_id for e in stored] == ["brand-new"]
+    assert await alarm_kinds(store) == ["broker_history_lost"]
+
+
+async def test_a_broken_balance_with_nothing_pending_raises_balance_drift(
+        settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
+    await settled_batch(settings, stream, store)
+    await invariants.check_balance(stream, store)
+    assert await alarm_kinds(store) == []
+    await redis.incrby(received_key(settings.stream_key), 3)  # counted, never in the stream
+    await invariants.check_balance(stream, store)
+    [alarm] = await store.alarms()
+    assert alarm.kind == "balance_drift"
+    assert "received 33 != unique_processed + duplicate_dropped + dead_lettered = 30 " \
+           "(off by +3)" in alarm.message
+    assert await store.clear_alarm("balance_drift")
+    assert await alarm_kinds(store) == []
