@@ -405,12 +405,14 @@ class Store:
         return StoreStats({topic: TopicCounts(u, d, dl) for topic, u, d, dl in rows})
 
     async def events_page(
-        self, *, topic: str | None, after: StreamId | None, limit: int
+        self, *, topic: str | None, after: StreamId | None, below: StreamId, limit: int
     ) -> list[StoredEvent]:
-        """Stored events in stream order, after the position `after`, at most `limit` of them."""
-        start = after or StreamId(0, 0)
+        """Stored events in stream order, after the position `after` and below `below`, at
+        most `limit` of them."""
+        start = after or ORIGIN
         params = {"stream": await self.stream_id(), "topic": topic, "after_ms": start.ms,
-                  "after_seq": start.seq, "limit": limit}
+                  "after_seq": start.seq, "below_ms": below.ms, "below_seq": below.seq,
+                  "limit": limit}
         query = self._sql["events_page" if topic is None else "events_page_of_topic"]
         with translated():
             async with self.pool.connection() as conn, \

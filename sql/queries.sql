@@ -233,9 +233,12 @@ GROUP BY topic
 ORDER BY topic;
 
 -- name: events_page
+-- Pages stop below the first position the group may not have settled (`below`): an entry still
+-- in flight there may commit later, and a cursor handed out past it would skip it for good.
 SELECT topic, event_id, "timestamp", source, payload::text AS payload, stream_ms, stream_seq
 FROM events
 WHERE stream = %(stream)s AND (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
+  AND (stream_ms, stream_seq) < (%(below_ms)s, %(below_seq)s)
 ORDER BY stream_ms, stream_seq
 LIMIT %(limit)s;
 
@@ -244,5 +247,6 @@ SELECT topic, event_id, "timestamp", source, payload::text AS payload, stream_ms
 FROM events
 WHERE stream = %(stream)s AND topic = %(topic)s
   AND (stream_ms, stream_seq) > (%(after_ms)s, %(after_seq)s)
+  AND (stream_ms, stream_seq) < (%(below_ms)s, %(below_seq)s)
 ORDER BY stream_ms, stream_seq
 LIMIT %(limit)s;

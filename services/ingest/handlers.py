@@ -60,8 +60,14 @@ async def append(app: web.Application, events: list[Any]) -> None:
 
 
 async def list_events(request: web.Request) -> web.Response:
+    """A page of stored events. Only positions the group has settled are shown (SPEC §3: pages
+    never skip): below the first entry still in flight, or without a group, below the floor."""
     topic, after, limit = _page_query(request.query)
-    rows = await request.app[STORE].events_page(topic=topic, after=after, limit=limit)
+    state = await request.app[STREAM].group_state()
+    store = request.app[STORE]
+    below = state.settled_below if state.exists else None
+    rows = await store.events_page(topic=topic, after=after, limit=limit,
+                                   below=below or await store.floor())
     following = cursor.encode(rows[-1].position) if len(rows) == limit else None
     return _json({"events": [row.as_json() for row in rows], "next": following})
 

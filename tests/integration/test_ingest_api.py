@@ -161,6 +161,26 @@ async def test_events_lists_stored_events_oldest_first_in_pages(
     assert stored["payload"] == event()["payload"]
 
 
+async def test_events_pages_stop_below_an_entry_in_flight_so_a_cursor_never_skips_it(
+        client: Client, stream: Stream, store: Store) -> None:
+    """Consumer `slow` holds e0-e2, unsettled, while `fast` settles e3-e5. A page showing
+    e3-e5 would hand out a cursor past e0-e2, which commit later: never seen by that reader."""
+    await stream.ensure_group()
+    await stream.publish([orjson.dumps(event(f"e{i}")) for i in range(6)])
+    held = await stream.read_new("slow", 3, 10)
+    await settle_like_a_consumer(stream, store, await stream.read_new("fast", 3, 10))
+
+    async def page(after: str | None = None) -> Any:
+        params = {"limit": "3", **({"after": after} if after else {})}
+        return await (await client.get("/events", params=params)).json()
+
+    assert await page() == {"events": [], "next": None}  # e3-e5 wait for e0-e2
+    await settle_like_a_consumer(stream, store, held)
+    first = await page()
+    assert [e["event_id"] for e in first["events"]] == ["e0", "e1", "e2"]
+    assert [e["event_id"] for e in (await page(first["next"]))["events"]] == ["e3", "e4", "e5"]
+
+
 @pytest.mark.parametrize("query", [
     {"limit": "0"}, {"limit": "1001"}, {"limit": "ten"}, {"limit": "-1"},
     {"after": "not-a-cursor"}, {"topic": ""}, {"topic": "x" * 256}, {"sort": "desc"},
