@@ -330,23 +330,29 @@ class Store:
         # A Sync before each wait for results: PostgreSQL arms the session's idle timeout only
         # after a Sync, so a consumer frozen here cannot hold its locks for longer than that.
         await pipeline.sync()
-        inserted = await cursor.fetchall()
+        stored = await cursor.fetchall()
         floor_row = await floor_cursor.fetchone()
+        inserted = [(topic, ms, seq) for topic, ms, seq, fresh in stored if fresh]
+        # Copies that took the stored row from a later one: that one is the duplicate now.
+        displacing = [(topic, ms, seq) for topic, ms, seq, fresh in stored if not fresh]
         unique = frozenset(StreamId(ms, seq) for _, ms, seq in inserted)
+        moved = frozenset(StreamId(ms, seq) for _, ms, seq in displacing)
         # Only the entries that were not just stored can be duplicates (or redeliveries).
-        rest = [e for e in entries if e.id not in unique]
+        rest = [e for e in entries if e.id not in unique and e.id not in moved]
         cursor = await conn.execute(self._sql["count_batch"], {
             "stream": stream, "topics": [e.topic for e in rest],
             "event_ids": [e.event_id for e in rest],
             "stream_ms": [e.id.ms for e in rest], "stream_seq": [e.id.seq for e in rest],
             "unique_topics": [topic for topic, _, _ in inserted], "revived_topics": revived,
+            "displaced_topics": [topic for topic, _, _ in displacing],
             "shard": _shard(),
         })
         await pipeline.sync()
         duplicates = await cursor.fetchall()
         return Settled(
             unique=unique,
-            duplicate=frozenset(StreamId(ms, seq) for ms, seq in duplicates),
+            # A displacing copy is stored, but what it settled is one more duplicate.
+            duplicate=frozenset(StreamId(ms, seq) for ms, seq in duplicates) | moved,
             revived=Counter(revived),
             floor=StreamId(*floor_row) if floor_row else ORIGIN,
         )

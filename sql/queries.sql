@@ -93,8 +93,15 @@ WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
                   WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                     AND d.stream_seq = b.stream_seq)
 ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
-ON CONFLICT ON CONSTRAINT events_dedup_key DO NOTHING
-RETURNING topic, stream_ms, stream_seq;
+-- A key stored under a later position than this batch's copy was stored by a consumer that
+-- committed first, not by the first accepted copy: the row moves to ours, and the copy it held
+-- becomes the duplicate (sql/0006_first_accepted_copy.sql writes its ledger row). `fresh` tells
+-- an insert (xmax 0) from such a move.
+ON CONFLICT ON CONSTRAINT events_dedup_key DO UPDATE
+SET "timestamp" = excluded."timestamp", source = excluded.source, payload = excluded.payload,
+    stream_ms = excluded.stream_ms, stream_seq = excluded.stream_seq
+WHERE (events.stream_ms, events.stream_seq) > (excluded.stream_ms, excluded.stream_seq)
+RETURNING topic, stream_ms, stream_seq, xmax = 0 AS fresh;
 
 -- name: count_batch
 -- Runs after insert_unique, in the same transaction but with a fresh snapshot, so it sees every
@@ -133,6 +140,9 @@ WITH batch AS (
         SELECT topic, 1 AS u, 0 AS d, 0 AS r FROM unnest(%(unique_topics)b::text[]) AS u(topic)
         UNION ALL
         SELECT topic, 0, 1, 0 FROM duplicates
+        UNION ALL
+        -- Copies that insert_unique displaced from the stored row: duplicates now.
+        SELECT topic, 0, 1, 0 FROM unnest(%(displaced_topics)b::text[]) AS d(topic)
         UNION ALL
         -- Replayed dead letters settle here, so they leave the dead-letter count.
         SELECT topic, 0, 0, 1 FROM unnest(%(revived_topics)b::text[]) AS r(topic)

@@ -62,14 +62,15 @@ async def test_concurrent_transactions_count_each_key_once_and_each_entry_once(
     assert len(unique) == len(set(unique)) == len(keys_settled)
     assert len(duplicate) == len(set(duplicate)) == len(settled) - len(keys_settled)
     assert set(unique) | set(duplicate) == settled
-    # And the rows: the stored copy of each key is the entry reported unique, the ledger
-    # holds the entries reported duplicate.
+    # And the rows: the stored copy of each key is its earliest entry (SPEC §2: the first
+    # accepted copy, whichever call committed first), the ledger holds every other entry.
     stored = {StreamId(ms, seq): key for key, ms, seq in sql.execute(
         "SELECT event_id, stream_ms, stream_seq FROM events").fetchall()}
-    assert stored == {p: key_of[p] for p in unique}
+    earliest = {key: min(p for p in settled if key_of[p] == key) for key in keys_settled}
+    assert stored == {p: key for key, p in earliest.items()}
     ledger = {StreamId(ms, seq) for ms, seq in sql.execute(
         "SELECT stream_ms, stream_seq FROM duplicate_entries").fetchall()}
-    assert ledger == set(duplicate)
+    assert ledger == settled - set(stored)
 
 
 async def test_three_consumers_store_each_key_once_and_count_every_duplicate(
