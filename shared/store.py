@@ -102,6 +102,16 @@ def _shard() -> int:
     return random.randrange(COUNTER_SHARDS)
 
 
+def _columns(entries: Sequence[Entry]) -> dict[str, list[Any]]:
+    """A batch as the arrays the settling statements unnest, one per column."""
+    return {
+        "topics": [e.topic for e in entries], "event_ids": [e.event_id for e in entries],
+        "timestamps": [e.timestamp for e in entries], "sources": [e.source for e in entries],
+        "payloads": [e.payload.decode() for e in entries],
+        "stream_ms": [e.id.ms for e in entries], "stream_seq": [e.id.seq for e in entries],
+    }
+
+
 def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
@@ -320,39 +330,26 @@ class Store:
                      floor_cursor: psycopg.AsyncCursor[Any], entries: Sequence[Entry],
                      revived: list[str]) -> Settled:
         cursor = await conn.execute(self._sql["insert_unique"], {
-            "stream": stream, "topics": [e.topic for e in entries],
-            "event_ids": [e.event_id for e in entries],
-            "timestamps": [e.timestamp for e in entries],
-            "sources": [e.source for e in entries],
-            "payloads": [e.payload.decode() for e in entries],
-            "stream_ms": [e.id.ms for e in entries], "stream_seq": [e.id.seq for e in entries],
-        })
+            "stream": stream, **_columns(entries)})
         # A Sync before each wait for results: PostgreSQL arms the session's idle timeout only
         # after a Sync, so a consumer frozen here cannot hold its locks for longer than that.
         await pipeline.sync()
-        stored = await cursor.fetchall()
+        inserted = await cursor.fetchall()
         floor_row = await floor_cursor.fetchone()
-        inserted = [(topic, ms, seq) for topic, ms, seq, fresh in stored if fresh]
-        # Copies that took the stored row from a later one: that one is the duplicate now.
-        displacing = [(topic, ms, seq) for topic, ms, seq, fresh in stored if not fresh]
         unique = frozenset(StreamId(ms, seq) for _, ms, seq in inserted)
-        moved = frozenset(StreamId(ms, seq) for _, ms, seq in displacing)
-        # Only the entries that were not just stored can be duplicates (or redeliveries).
-        rest = [e for e in entries if e.id not in unique and e.id not in moved]
+        # Only the entries that were not just stored can be duplicates (or redeliveries, or
+        # the first accepted copy of a key stored under a later one).
+        rest = [e for e in entries if e.id not in unique]
         cursor = await conn.execute(self._sql["count_batch"], {
-            "stream": stream, "topics": [e.topic for e in rest],
-            "event_ids": [e.event_id for e in rest],
-            "stream_ms": [e.id.ms for e in rest], "stream_seq": [e.id.seq for e in rest],
+            "stream": stream, **_columns(rest),
             "unique_topics": [topic for topic, _, _ in inserted], "revived_topics": revived,
-            "displaced_topics": [topic for topic, _, _ in displacing],
             "shard": _shard(),
         })
         await pipeline.sync()
         duplicates = await cursor.fetchall()
         return Settled(
             unique=unique,
-            # A displacing copy is stored, but what it settled is one more duplicate.
-            duplicate=frozenset(StreamId(ms, seq) for ms, seq in duplicates) | moved,
+            duplicate=frozenset(StreamId(ms, seq) for ms, seq in duplicates),
             revived=Counter(revived),
             floor=StreamId(*floor_row) if floor_row else ORIGIN,
         )

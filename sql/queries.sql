@@ -93,35 +93,64 @@ WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
                   WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                     AND d.stream_seq = b.stream_seq)
 ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
--- A key stored under a later position than this batch's copy was stored by a consumer that
--- committed first, not by the first accepted copy: the row moves to ours, and the copy it held
--- becomes the duplicate (sql/0006_first_accepted_copy.sql writes its ledger row). `fresh` tells
--- an insert (xmax 0) from such a move.
-ON CONFLICT ON CONSTRAINT events_dedup_key DO UPDATE
-SET "timestamp" = excluded."timestamp", source = excluded.source, payload = excluded.payload,
-    stream_ms = excluded.stream_ms, stream_seq = excluded.stream_seq
-WHERE (events.stream_ms, events.stream_seq) > (excluded.stream_ms, excluded.stream_seq)
-RETURNING topic, stream_ms, stream_seq, xmax = 0 AS fresh;
+ON CONFLICT ON CONSTRAINT events_dedup_key DO NOTHING
+RETURNING topic, stream_ms, stream_seq;
 
 -- name: count_batch
 -- Runs after insert_unique, in the same transaction but with a fresh snapshot, so it sees every
--- copy stored by then, ours and those committed by other consumers meanwhile.
--- An entry whose key is stored under another stream position is a duplicate, counted once:
--- a redelivered duplicate entry finds its ledger row and adds nothing. An entry whose key is
--- stored under its own position is the stored copy (just inserted, or a redelivery of it).
--- The counters move in the same transaction as the rows they count. Returns the positions
--- counted as duplicates.
+-- copy stored by then, ours and those committed by other consumers meanwhile. It is given the
+-- entries insert_unique did not store.
+-- Every entry counted as a duplicate gets a row in the duplicate ledger, and only an insert
+-- into the ledger counts one: a redelivered duplicate finds its row and adds nothing.
+-- - An entry whose key is stored under an earlier position is a duplicate.
+-- - An entry whose key is stored under its own position is the stored copy (redelivered).
+-- - An entry whose key is stored under a *later* position is the first accepted copy (SPEC §2),
+--   beaten to the commit by a later one: the row moves to it (`moved`), and the copy the row
+--   held becomes the duplicate. Only those rows are locked (FOR UPDATE applies to the rows the
+--   join returns); one moved meanwhile by another transaction is read again, at its latest
+--   version, once that commits.
+-- The counters move in the same transaction as the rows they count. Returns the ledger rows
+-- written: this batch's duplicates, and the copies its entries displaced.
 WITH batch AS (
     SELECT *
-    FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(stream_ms)b::bigint[],
-                %(stream_seq)b::bigint[]) AS b(topic, event_id, stream_ms, stream_seq)
-), duplicates AS (
-    INSERT INTO duplicate_entries (stream, stream_ms, stream_seq, topic, event_id)
-    SELECT %(stream)b::smallint, b.stream_ms, b.stream_seq, b.topic, b.event_id
+    FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(timestamps)b::text[],
+                %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
+                %(stream_seq)b::bigint[])
+         AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
+), first_copies AS (
+    SELECT DISTINCT ON (topic, event_id) *
+    FROM batch
+    ORDER BY topic, event_id, stream_ms, stream_seq
+), later AS (
+    SELECT e.stream_ms AS held_ms, e.stream_seq AS held_seq, b.*
+    FROM first_copies b
+    JOIN events e
+      ON e.stream = %(stream)b::smallint AND e.topic = b.topic AND e.event_id = b.event_id
+    WHERE (e.stream_ms, e.stream_seq) > (b.stream_ms, b.stream_seq)
+      AND NOT EXISTS (SELECT 1 FROM dead_letters d
+                      WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
+                        AND d.stream_seq = b.stream_seq)
+    ORDER BY b.topic, b.event_id
+    FOR UPDATE OF e
+), moved AS (
+    UPDATE events AS e
+    SET "timestamp" = l.ts::timestamptz, source = l.source, payload = l.payload::jsonb,
+        stream_ms = l.stream_ms, stream_seq = l.stream_seq
+    FROM later l
+    -- By key, not by the row's ctid: when `later` waited for a concurrent move, the ctid it
+    -- read can be the version that move replaced, which this update would then skip.
+    WHERE e.stream = %(stream)b::smallint AND e.topic = l.topic AND e.event_id = l.event_id
+      AND (e.stream_ms, e.stream_seq) > (l.stream_ms, l.stream_seq)
+    RETURNING l.topic, l.event_id, l.stream_ms, l.stream_seq
+), counted_as_duplicates AS (
+    SELECT b.stream_ms, b.stream_seq, b.topic, b.event_id
     FROM batch b
     JOIN events e
       ON e.stream = %(stream)b::smallint AND e.topic = b.topic AND e.event_id = b.event_id
-    WHERE (e.stream_ms, e.stream_seq) <> (b.stream_ms, b.stream_seq)
+    -- The stored copy as this statement leaves it: moved to this batch's first copy, or not.
+    LEFT JOIN moved m ON m.topic = b.topic AND m.event_id = b.event_id
+    WHERE (coalesce(m.stream_ms, e.stream_ms), coalesce(m.stream_seq, e.stream_seq))
+          < (b.stream_ms, b.stream_seq)
       -- Below the floor the ledger is pruned: a copy from there cannot be told from a
       -- redelivery of one counted long ago, and is not counted (SPEC §4's alarm covers how
       -- a first delivery could land there).
@@ -130,7 +159,13 @@ WITH batch AS (
       AND NOT EXISTS (SELECT 1 FROM dead_letters d
                       WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                         AND d.stream_seq = b.stream_seq)
-    ORDER BY b.stream_ms, b.stream_seq
+    UNION  -- a displaced copy may be in this batch too: one row, counted once
+    SELECT l.held_ms, l.held_seq, l.topic, l.event_id FROM later l
+), duplicates AS (
+    INSERT INTO duplicate_entries (stream, stream_ms, stream_seq, topic, event_id)
+    SELECT %(stream)b::smallint, stream_ms, stream_seq, topic, event_id
+    FROM counted_as_duplicates
+    ORDER BY stream_ms, stream_seq
     ON CONFLICT ON CONSTRAINT duplicate_entries_pkey DO NOTHING
     RETURNING topic, stream_ms, stream_seq
 ), deltas AS (
@@ -140,9 +175,6 @@ WITH batch AS (
         SELECT topic, 1 AS u, 0 AS d, 0 AS r FROM unnest(%(unique_topics)b::text[]) AS u(topic)
         UNION ALL
         SELECT topic, 0, 1, 0 FROM duplicates
-        UNION ALL
-        -- Copies that insert_unique displaced from the stored row: duplicates now.
-        SELECT topic, 0, 1, 0 FROM unnest(%(displaced_topics)b::text[]) AS d(topic)
         UNION ALL
         -- Replayed dead letters settle here, so they leave the dead-letter count.
         SELECT topic, 0, 0, 1 FROM unnest(%(revived_topics)b::text[]) AS r(topic)
