@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis import Redis
 
 from services.stack.local import LocalStack
+from shared.constants import received_key
 from tests.acceptance.browser import Browser
 from tests.acceptance.helpers import start_publish
 from tests.helpers import eventually
@@ -71,7 +73,19 @@ async def test_the_dashboard_shows_the_counts_change_while_events_flow(
             [topic, t["unique_processed"], t["duplicate_dropped"]]
             for topic, t in sorted(stats["topics"].items())]
         assert len(shown["topics"]) == 5
+        assert await browser.evaluate("document.getElementById('alarms-box').hidden") is True
         png = await browser.screenshot()
+
+        # A balance broken behind the system's back (one more `received` than was ever sent):
+        # a consumer's reconciler raises balance_drift, and the page shows it.
+        with Redis.from_url(stack.settings.redis_url) as redis:
+            redis.incrby(received_key(stack.settings.stream_key), 1)
+
+        async def alarm_shown() -> bool:
+            return "balance_drift" in await browser.text("alarms")
+
+        await eventually(alarm_shown, within=30, what="the balance_drift alarm shown")
+        assert await browser.evaluate("document.getElementById('alarms-box').hidden") is False
     assert png.startswith(b"\x89PNG")
     # LOGAGG_SCREENSHOT=docs/dashboard.png refreshes the README's picture.
     await asyncio.to_thread(
