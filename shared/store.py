@@ -296,19 +296,22 @@ class Store:
         return bool(row and row[0])
 
     async def alarms(self) -> list[Alarm]:
+        # The stream's id first: with a pool of one, asking for it inside the block would wait
+        # for the connection the block holds.
+        stream = await self.stream_id()
         with translated():
             async with self.pool.connection() as conn:
-                cursor = await conn.execute(self._sql["alarms"],
-                                            {"stream": await self.stream_id()})
+                cursor = await conn.execute(self._sql["alarms"], {"stream": stream})
                 rows = await cursor.fetchall()
         return [Alarm(*row) for row in rows]
 
     async def clear_alarm(self, kind: str) -> bool:
         """Clear a standing alarm; False when none of that kind stood."""
+        stream = await self.stream_id()
         with translated():
             async with self.pool.connection() as conn:
                 cursor = await conn.execute(self._sql["clear_alarm"],
-                                            {"stream": await self.stream_id(), "kind": kind})
+                                            {"stream": stream, "kind": kind})
                 return cursor.rowcount > 0
 
     async def _one(self, query: str, params: dict[str, Any]) -> tuple[Any, ...] | None:

@@ -4,9 +4,14 @@ truncated append-only file, is tests/acceptance/test_broker_history.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+import psycopg
 import pytest
 from redis.asyncio import Redis
 
+from services.cli import main
 from services.consumer import invariants
 from shared.constants import mark_key, received_key
 from shared.entries import StreamId
@@ -143,3 +148,21 @@ async def test_a_broken_balance_with_nothing_pending_raises_balance_drift(
            "(off by +3)" in alarm.message
     assert await store.clear_alarm("balance_drift")
     assert await alarm_kinds(store) == []
+
+
+def test_logagg_alarms_lists_standing_alarms_exits_1_while_any_stands_and_clears_them(
+        settings: Settings, sql: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert main(["alarms"]) == 0
+    assert capsys.readouterr().out.endswith(f"0 alarm(s) on stream {settings.stream_key!r}\n")
+    sql.execute("INSERT INTO alarms (stream, kind, message) SELECT id, 'balance_drift', "
+                "'off by +3' FROM streams WHERE name = %s", [settings.stream_key])
+    assert main(["alarms", "--json"]) == 1
+    [line] = capsys.readouterr().out.splitlines()
+    assert orjson.loads(line)["kind"] == "balance_drift"
+    assert orjson.loads(line)["message"] == "off by +3"
+    assert main(["alarms", "clear", "balance_drift"]) == 0
+    assert capsys.readouterr().out == "balance_drift: cleared\n"
+    assert main(["alarms"]) == 0
