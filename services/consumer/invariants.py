@@ -71,7 +71,10 @@ async def check_broker_history(stream: Stream, store: Store) -> None:
             f"older file, a crash with appendfsync everysec, a failover to a replica that was "
             f"behind), and `received` lost their count with them; new entries now get ids "
             f"after {known}"))
-    elif high is not None and high >= floor and not await stream.holds(high):
+    elif (high is not None and high >= floor and not await stream.holds(high)
+          # Read again: another consumer may have raised the floor past it and trimmed it
+          # since (the floor always rises before the trim).
+          and high >= await store.floor()):
         await raise_alarm(store, BROKER_HISTORY_LOST, (
             f"settled position {high} is missing from the broker's stream {stream.key!r}, "
             f"though it is above the settled floor {floor}, below which alone entries are "
@@ -80,7 +83,11 @@ async def check_broker_history(stream: Stream, store: Store) -> None:
 
 
 async def _check_mark(stream: Stream, store: Store) -> None:
-    broker, recorded = await stream.mark(), await store.mark()
+    # The store's first: it only ever records a mark Redis had already acknowledged, so a
+    # healthy broker's copy, read after it, is never below it, whatever other consumers raise
+    # meanwhile.
+    recorded = await store.mark()
+    broker = await stream.mark()
     if broker < recorded:
         await raise_alarm(store, BROKER_HISTORY_LOST, (
             f"the broker's history mark of stream {stream.key!r} is {broker}, but it had "
