@@ -299,6 +299,7 @@ def check_chaos(stack: LocalStack, chaos: Chaos) -> None:
     chaos.note(f"stats: { {k: v for k, v in stats.items() if k != 'topics'} }")
     extra = stats["received"] - EVENTS
     assert stats["pending"] == 0
+    assert stats["alarms"] == [], "a fault injected here is one the system must survive silently"
     assert stats["dead_lettered"] == 0
     assert stats["unique_processed"] == UNIQUE
     # A 202 lost with its connection (ingest killed after the script ran) is retried and

@@ -22,6 +22,7 @@ from tests.acceptance.helpers import (
 
 def assert_exact(stats: dict[str, Any], *, received: int, unique: int) -> None:
     assert stats["pending"] == 0
+    assert stats["alarms"] == []
     assert stats["dead_lettered"] == 0
     assert stats["received"] == received
     assert stats["unique_processed"] == unique
