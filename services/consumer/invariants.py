@@ -15,9 +15,11 @@
     it (XSETID), so that new events never reuse a settled position.
   Alarm `broker_history_lost`. What was lost cannot be listed: the alarm says from when.
 - **No first delivery below the floor.** An entry never delivered before, below the settled
-  floor, means the group's history went back. Its key is stored if it is new (the store never
-  drops an unsettled key), but a copy of a stored key cannot be told from a redelivery there and
-  is not counted. Alarm `broker_history_lost`.
+  floor, means the group's history went back. (Only while the batch is younger than
+  CLAIM_IDLE_MS: a consumer held up longer, by an outage or a freeze, may find its batch
+  claimed, settled and passed by the floor, which is no fault.) Its key is stored if it is new
+  (the store never drops an unsettled key), but a copy of a stored key cannot be told from a
+  redelivery there and is not counted. Alarm `broker_history_lost`.
 - **The balance holds.** Whenever a consistent snapshot shows nothing pending,
   received == unique_processed + duplicate_dropped + dead_lettered. Alarm `balance_drift`.
 

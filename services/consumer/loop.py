@@ -93,25 +93,30 @@ class Consumer:
                 self.totals.claimed += len(claimed)
                 await self.handle(claimed, stop)
                 return
+        read_at = time.monotonic()
         batch = await self._until_done(functools.partial(
             self.stream.read_new, self.name, self.settings.batch_size, READ_BLOCK_MS), stop)
         if batch:
-            await self.handle(batch, stop, first_delivery=True)
+            await self.handle(batch, stop, read_at=read_at)
 
     async def recreate_group(self) -> None:
         await invariants.ensure_group(self.stream, self.store)
 
     async def handle(self, raw: Sequence[RawEntry], stop: asyncio.Event,
-                     first_delivery: bool = False) -> None:
+                     read_at: float | None = None) -> None:
         """Settle a batch and ack what was settled or given up on; leave the rest pending.
-        `first_delivery`: the batch was never delivered before (XREADGROUP >)."""
+        `read_at`: for a batch never delivered before (XREADGROUP >), when its read began."""
         started = time.perf_counter()
         entries, unreadable = decode(raw)
         # If a stop comes while PostgreSQL is away, nothing was committed or acked: the entries
         # stay pending for another consumer.
         outcome = await self._until_done(
             lambda: dead_letters.settle_isolating(self.store, entries), stop)
-        if first_delivery:
+        # Below the floor is a sign only while nobody else could have claimed the batch and
+        # settled it (a consumer held up longer than CLAIM_IDLE_MS, by an outage or a freeze,
+        # finds its batch settled by others and below the floor, as it should).
+        if read_at is not None and (
+                time.monotonic() - read_at) * 1000 < self.settings.claim_idle_ms:
             await self._until_done(lambda: invariants.check_first_deliveries(
                 self.store, self.stream, outcome.settled_entries, outcome.settled.floor), stop)
         failures = [*outcome.failures, *(Failure.of_unreadable(u) for u in unreadable)]

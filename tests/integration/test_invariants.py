@@ -4,6 +4,8 @@ truncated append-only file, is tests/acceptance/test_broker_history.py."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -166,3 +168,28 @@ def test_logagg_alarms_lists_standing_alarms_exits_1_while_any_stands_and_clears
     assert main(["alarms", "clear", "balance_drift"]) == 0
     assert capsys.readouterr().out == "balance_drift: cleared\n"
     assert main(["alarms"]) == 0
+
+
+async def test_a_batch_held_past_claim_idle_ms_and_settled_by_others_raises_no_alarm(
+        settings: Settings, stream: Stream, store: Store) -> None:
+    """Consumer `slow` reads a batch and is held up (PostgreSQL away, a freeze) past
+    CLAIM_IDLE_MS; `fast` claims and settles it, and the floor passes it. When `slow` settles
+    it at last, below the floor, nothing is wrong: no alarm (the chaos test found this one)."""
+    await stream.ensure_group()
+    await publish(stream, [event(f"e{i}") for i in range(10)])
+    read_at = time.monotonic()
+    held = await stream.read_new("slow", 10, 10)
+    await run_until_drained(settings, stream, store, "fast", claim_idle_ms=50)
+    state = await stream.group_state()
+    assert state.settled_below is not None
+    assert await store.raise_floor(state.settled_below) is not None
+    slow = consumer(settings, stream, store, "slow", claim_idle_ms=50)
+    await eventually(lambda: asyncio.sleep(0.01, time.monotonic() - read_at > 0.05),
+                     what="the batch older than CLAIM_IDLE_MS")
+    await slow.handle(held, asyncio.Event(), read_at=read_at)
+    assert await alarm_kinds(store) == []
+    # The same batch settled within CLAIM_IDLE_MS of its read is a sign: nobody else could
+    # have settled it.
+    patient = consumer(settings, stream, store, "slow", claim_idle_ms=60_000)
+    await patient.handle(held, asyncio.Event(), read_at=time.monotonic())
+    assert await alarm_kinds(store) == ["broker_history_lost"]
