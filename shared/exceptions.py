@@ -9,9 +9,10 @@ driver's exception as `__cause__`. Callers decide on the kind alone:
 - `GroupMissing`: the consumer group is gone (deleted, or Redis lost it). A consumer
   recreates it and retries.
 - `StoreUnavailable`: PostgreSQL did not answer, or failed for a reason that is not the data's.
-  Ingest answers 503; a consumer backs off and retries.
+  Ingest answers 503; a consumer backs off and retries, unless PostgreSQL answers right after:
+  then it settles the batch entry by entry, as for `EntryRejected` (`services/consumer/retry.py`).
 - `StoreConflict` (a `StoreUnavailable`): a deadlock or serialization failure between
-  transactions. A consumer retries at once.
+  transactions. A consumer retries at once (a settling transaction, ten times at most).
 - `EntryRejected`: PostgreSQL refuses the data itself. A consumer isolates the entry and, in
   the end, dead-letters it.
 """

@@ -14,6 +14,9 @@ from typing import Any
 
 from shared.exceptions import ConfigurationError
 
+MAX_EVENT_BYTES_LIMIT = 1024 * 1024  # SPEC §1
+MAX_BATCH_BYTES_LIMIT = 512 * 1024 * 1024  # half of PostgreSQL's largest message (1 GiB)
+
 
 def _default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -34,12 +37,29 @@ class Settings:
     metrics_port: int = 9100
     max_batch_events: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024
+    # The largest event: its JSON as it goes into the stream. 256 KiB, as Google Cloud Logging
+    # allows per entry: room for long stack traces and flattened payloads, while a batch of
+    # BATCH_SIZE such events (125 MiB) still fits the default BATCH_BYTES.
+    max_event_bytes: int = 256 * 1024
     log_level: str = "INFO"
     log_format: str = "auto"  # json | text | auto (text on a terminal, JSON lines otherwise)
     # Beyond SPEC §1: backpressure and stream upkeep.
     max_backlog: int = 500_000  # entries pending or undelivered before ingest answers 503; 0: off
     consumer_gone_ms: int = 3_600_000  # idle time after which a consumer with nothing pending
     #                                    is removed from the group
+    # What one read may bring into a consumer, in event bytes (see `read_count`). 128 MiB
+    # keeps BATCH_SIZE (500) entries per read at the default MAX_EVENT_BYTES.
+    batch_bytes: int = 128 * 1024 * 1024
+
+    @property
+    def read_count(self) -> int:
+        """Entries per read of a consumer (new entries, its own after a restart; claims are to
+        follow, services/consumer/recovery.py still reads BATCH_SIZE): BATCH_SIZE, or fewer if
+        that many events of MAX_EVENT_BYTES would be over BATCH_BYTES.
+        A consumer holds what it read about twice over while it settles it (as Redis sent it,
+        and each payload re-serialized), so BATCH_BYTES, not what BATCH_SIZE events might
+        weigh, bounds its memory (tests/acceptance/test_memory.py)."""
+        return min(self.batch_size, max(1, self.batch_bytes // self.max_event_bytes))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -72,7 +92,7 @@ class Settings:
 
     def check(self) -> None:
         positive = ("batch_size", "claim_idle_ms", "max_deliveries", "max_batch_events",
-                    "max_body_bytes", "consumer_gone_ms")
+                    "max_body_bytes", "max_event_bytes", "consumer_gone_ms", "batch_bytes")
         if self.max_backlog < 0:
             raise ConfigurationError(f"MAX_BACKLOG must be 0 (no limit) or more, "
                                      f"got {self.max_backlog}")
@@ -84,6 +104,19 @@ class Settings:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigurationError(f"{name.upper()} must be a TCP port, "
                                          f"got {getattr(self, name)}")
+        if self.max_event_bytes > MAX_EVENT_BYTES_LIMIT:
+            raise ConfigurationError(
+                f"MAX_EVENT_BYTES must be at most {MAX_EVENT_BYTES_LIMIT} (1 MiB, SPEC §1), "
+                f"got {self.max_event_bytes}")
+        if self.batch_bytes < self.max_event_bytes:
+            raise ConfigurationError(
+                f"BATCH_BYTES ({self.batch_bytes}) must be at least MAX_EVENT_BYTES "
+                f"({self.max_event_bytes}): a consumer reads at least one event at a time")
+        if self.batch_bytes > MAX_BATCH_BYTES_LIMIT:
+            raise ConfigurationError(
+                f"BATCH_BYTES must be at most {MAX_BATCH_BYTES_LIMIT} (512 MiB), got "
+                f"{self.batch_bytes}: a batch is settled by one statement, and PostgreSQL "
+                f"refuses a message of 1 GiB or more")
         if self.log_format not in {"auto", "json", "text"}:
             raise ConfigurationError(
                 f"LOG_FORMAT must be auto, json or text, got {self.log_format!r}")

@@ -434,6 +434,10 @@ class Store:
             for row in rows
         ]
 
+    async def tables_answer(self) -> None:
+        """Read one row of every table settling touches: StoreUnavailable if one is missing."""
+        await self._one("tables_answer", {})
+
     async def ping(self) -> None:
         with translated():
             async with self.pool.connection(timeout=2) as conn:

@@ -38,6 +38,13 @@ WHERE id = %(stream)s AND (floor_ms, floor_seq) < (%(ms)s, %(seq)s);
 DELETE FROM duplicate_entries
 WHERE stream = %(stream)s AND (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
 
+-- name: tables_answer
+-- Reads one row of every table a settling transaction touches (none, when empty): fails if
+-- one is missing or unreadable. See services/consumer/retry.py `store_answers`.
+SELECT (SELECT 1 FROM events LIMIT 1), (SELECT 1 FROM duplicate_entries LIMIT 1),
+       (SELECT 1 FROM topic_stats LIMIT 1), (SELECT 1 FROM dead_letters LIMIT 1),
+       (SELECT 1 FROM streams LIMIT 1);
+
 -- name: floor
 SELECT floor_ms, floor_seq FROM streams WHERE id = %(stream)s;
 

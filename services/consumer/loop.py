@@ -3,7 +3,7 @@
 Acking only after COMMIT is what makes delivery at-least-once; the store's redelivery check is
 what makes a second delivery harmless. A batch whose transaction failed is not acked: every call
 runs under the retry policy (`retry.py`: outages, conflicts, a lost group) until it succeeds or
-the process is asked to stop; an entry the store rejects is isolated and, in the end,
+the process is asked to stop; an entry that fails alone is isolated and, in the end,
 dead-lettered (`dead_letters.py`).
 """
 
@@ -76,7 +76,7 @@ class Consumer:
         after = b"0"
         while not stop.is_set():
             own = await self._until_done(functools.partial(
-                self.stream.read_own_unacked, self.name, self.settings.batch_size, after), stop)
+                self.stream.read_own_unacked, self.name, self.settings.read_count, after), stop)
             if not own:
                 return
             REDELIVERIES.labels(how="resumed").inc(len(own))
@@ -95,7 +95,7 @@ class Consumer:
                 return
         read_at = time.monotonic()
         batch = await self._until_done(functools.partial(
-            self.stream.read_new, self.name, self.settings.batch_size, READ_BLOCK_MS), stop)
+            self.stream.read_new, self.name, self.settings.read_count, READ_BLOCK_MS), stop)
         if batch:
             await self.handle(batch, stop, read_at=read_at)
 

@@ -21,6 +21,9 @@ from shared.settings import Settings
 from shared.store import DeadLetter, Store
 
 PAGE = 500
+# Letters of events the store could not settle; the others (`deleted`, `undecodable`) hold
+# no event ingest accepted.
+REPLAYABLE = ("store_rejected", "store_failed")
 
 
 @dataclass
@@ -120,6 +123,6 @@ async def _all_dead(store: Store) -> list[DeadLetter]:
 def _not_replayable(letter: DeadLetter) -> str | None:
     if letter.status != "dead":
         return f"already {letter.status}"
-    if letter.event is None or letter.reason != "store_rejected":
+    if letter.event is None or letter.reason not in REPLAYABLE:
         return f"{letter.reason}: the letter holds no event to send again"
     return None

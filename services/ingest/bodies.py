@@ -1,8 +1,9 @@
 """Request bodies of `POST /publish`: from the bytes a client sent to the events it carries.
 
 `read_events` checks the request in the order that costs least first (content type, declared
-size, JSON, shape, count, then the schema) and answers the first problem as an `ApiError`
-naming what is wrong; events that come back are valid, ready to append.
+size, JSON, shape, count, the schema, then the size of each event) and answers the first
+problem as an `ApiError` naming what is wrong; what comes back is every event serialized as it
+goes into the stream, valid, ready to append.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class BodyShapeError(ValueError):
     """The body is JSON, but not one event, an array of events or `{"events": [...]}`."""
 
 
-async def read_events(request: web.Request, settings: Settings) -> list[Any]:
-    """The valid events of a publish request, or an `ApiError` (400, 413, 415, 422)."""
+async def read_events(request: web.Request, settings: Settings) -> list[bytes]:
+    """The valid events of a publish request, serialized for the stream, or an `ApiError`
+    (400, 413, 415, 422)."""
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type",
                        f"send Content-Type: application/json, not {request.content_type!r}")
@@ -47,7 +49,21 @@ async def read_events(request: web.Request, settings: Settings) -> list[Any]:
         raise ApiError(422, "invalid_event",
                        f"{bad} of {len(events)} events failed validation; none was accepted",
                        details=list(problems))
-    return events
+    # An event's size is that of the copy the stream keeps (compact JSON, as orjson writes it):
+    # what a consumer will read, whatever whitespace or escapes the client sent. Serializing
+    # comes after the schema, which keeps events orjson could not write (nested too deep)
+    # away, and is done once, for the stream too.
+    serialized = [orjson.dumps(event) for event in events]
+    too_large = [{"index": index, "path": "",
+                  "message": f"the event is {len(raw)} bytes of JSON, over MAX_EVENT_BYTES "
+                             f"({settings.max_event_bytes})"}
+                 for index, raw in enumerate(serialized) if len(raw) > settings.max_event_bytes]
+    if too_large:
+        raise ApiError(413, "event_too_large",
+                       f"{len(too_large)} of {len(events)} events are over MAX_EVENT_BYTES "
+                       f"({settings.max_event_bytes} bytes); none was accepted",
+                       details=too_large)
+    return serialized
 
 
 def events_of(body: Any) -> list[Any]:

@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -46,8 +45,9 @@ async def publish(request: web.Request) -> web.Response:
     return _json({"accepted": len(events)}, status=202)
 
 
-async def append(app: web.Application, events: list[Any]) -> None:
-    """Append valid events to the stream, unless the backlog is full (503 `backlog_full`)."""
+async def append(app: web.Application, events: list[bytes]) -> None:
+    """Append valid, serialized events to the stream, unless the backlog is full (503
+    `backlog_full`)."""
     backlog = app[BACKLOG]
     if backlog.stale(time.monotonic()):
         backlog.refreshed(await app[STREAM].pending(), time.monotonic())
@@ -55,7 +55,7 @@ async def append(app: web.Application, events: list[Any]) -> None:
         raise ApiError(503, "backlog_full",
                        f"the backlog is over MAX_BACKLOG ({backlog.limit} events); retry later",
                        headers={"Retry-After": "2"})
-    await app[STREAM].publish([orjson.dumps(e) for e in events])
+    await app[STREAM].publish(events)
     backlog.added(len(events))
 
 

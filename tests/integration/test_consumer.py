@@ -4,6 +4,7 @@ commit that was never acked, takeover of a dead consumer's entries, and stopping
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from typing import Any
@@ -223,3 +224,47 @@ async def test_every_decision_is_traceable_at_debug(
               for r in logged(caplog.records, "entry_settled")]
     assert traced == [("k1", "redelivered"), ("k1", "redelivered"), ("k2", "redelivered"),
                       ("k1", "duplicate"), ("k3", "unique")]
+
+
+async def test_a_read_brings_no_more_than_batch_bytes_of_the_largest_events(
+        settings: Settings, stream: Stream, store: Store,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Room for four events of the largest size per read, though BATCH_SIZE is 50: what a
+    # consumer holds in memory is bounded by BATCH_BYTES, whatever the events weigh.
+    budget: dict[str, Any] = {"max_event_bytes": 1024, "batch_bytes": 4 * 1024 + 1023}
+    assert dataclasses.replace(settings, **budget).read_count == 4
+    await publish(stream, [event(f"own{i}") for i in range(6)])
+    await stream.ensure_group()
+    # A previous life of `worker` took six entries and died: resuming them reads by four too.
+    assert len(await stream.read_new("worker", 6, 10)) == 6
+    await publish(stream, [event(f"new{i}") for i in range(5)])
+    caplog.set_level(logging.INFO, logger="services.consumer.loop")
+    worker = await run_until_drained(settings, stream, store, "worker",
+                                     claim_idle_ms=600_000, **budget)
+    assert worker.totals.unique == 11
+    assert [r.entries for r in logged(caplog.records, "batch_settled")  # type: ignore[attr-defined]
+            ] == [4, 2, 4, 1]
+
+
+async def test_a_batch_of_large_events_is_settled_in_parts_that_psycopg_sends_whole(
+        settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Thirty events of 1 MiB, read at once. In one statement (30 MiB), psycopg's pipeline sends
+    # part of it and waits for a result that PostgreSQL cannot give before the rest comes:
+    # the consumer hung, forever. In parts of at most STATEMENT_BYTES, each is sent whole.
+    largest = dataclasses.replace(settings, max_event_bytes=2**20)
+    assert largest.read_count >= 30
+    await publish(stream, [event(f"e{i}", payload={"blob": f"{i:03d}" + "x" * (2**20 - 200)})
+                           for i in range(30)])
+    caplog.set_level(logging.INFO, logger="services.consumer.loop")
+    worker = consumer(largest, stream, store, "worker")
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: drained(stream), what="the large events settled")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)  # a hung consumer is cancelled, not awaited
+    assert counts(sql) == (30, 0, 30)
+    assert [r.entries for r in logged(caplog.records, "batch_settled")  # type: ignore[attr-defined]
+            ] == [30], "one batch, settled in parts"

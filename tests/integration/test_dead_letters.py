@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.sql import SQL, Identifier, Literal
 from redis.asyncio import Redis
 
 from services.dlq.__main__ import replay
@@ -22,6 +25,7 @@ from tests.helpers import (
     consumer,
     event,
     eventually,
+    logged,
     publish,
     run_until_drained,
     running,
@@ -88,6 +92,109 @@ async def test_an_event_the_store_rejects_is_dead_lettered_after_max_deliveries_
     assert worker.totals.dead_lettered == 1
     raw = sql.execute("SELECT event FROM dead_letters").fetchone()
     assert raw is not None and raw[0] == orjson.dumps(bad.event)
+
+
+def set_for_new_sessions(database_url: str, **settings: str) -> None:
+    """Settings of the test's database, as a DBA would set them (ALTER DATABASE ... SET): they
+    reach the sessions opened after this, so a test asks for them before its clients."""
+    name = str(conninfo_to_dict(database_url)["dbname"])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for setting, value in settings.items():
+            conn.execute(SQL("ALTER DATABASE {} SET {} = {}").format(
+                Identifier(name), Identifier(setting), Literal(value)))
+
+
+@pytest.fixture
+def locks_time_out(database_url: str) -> None:
+    """A wait for a lock ends after 100 ms (the 60 s statement_timeout of every logagg session
+    ends it too, only later)."""
+    set_for_new_sessions(database_url, lock_timeout="100ms")
+
+
+@pytest.fixture
+def sorts_capped(database_url: str) -> None:
+    """A sort gets 1 MB of memory, and no query may write more than 1 MB of temporary files: a
+    DBA's guard against one query filling the memory or the disk."""
+    set_for_new_sessions(database_url, work_mem="1MB", temp_file_limit="1MB")
+
+
+async def test_an_entry_that_fails_alone_while_the_store_answers_is_dead_lettered_and_its_neighbours_are_stored(  # noqa: E501
+        locks_time_out: None, settings: Settings, stream: Stream, store: Store,
+        sql: psycopg.Connection[Any], database_url: str) -> None:
+    # A failure that is not the data's, of one entry only: another session inserted the key
+    # `held` and keeps its transaction open. Inserting the same key waits for it, and
+    # PostgreSQL gives up after lock_timeout (55P03, a StoreUnavailable), on every delivery,
+    # while the store answers and every other entry settles. The whole batch used to be
+    # retried, with backoff, for as long as the lock was held.
+    with psycopg.connect(database_url) as holder:
+        holder.execute("INSERT INTO events (stream, topic, event_id, \"timestamp\", source, "
+                       "payload, stream_ms, stream_seq) "
+                       "VALUES (%s, 'auth', 'held', now(), 'operator', '{}', 1, 0)",
+                       [await store.stream_id()])
+        await publish(stream, [event(f"e{i}") for i in range(10)] + [event("held")]
+                      + [event(f"f{i}") for i in range(10)])
+        worker = await run_until_drained(settings, stream, store, max_deliveries=3,
+                                         claim_idle_ms=50)
+        assert await balance(store, stream) == {"received": 21, "pending": 0, "unique": 20,
+                                                "duplicate": 0, "dead": 1}
+        [(topic, event_id, reason, deliveries, status, error)] = letters(sql)
+        assert (topic, event_id, reason, deliveries, status) == (
+            "auth", "held", "store_failed", 3, "dead")
+        assert error.startswith("[55P03] LockNotAvailable: canceling statement due to lock "
+                                "timeout"), error
+        assert worker.totals.dead_lettered == 1
+        holder.rollback()
+    # Such a letter is replayed like any other once its cause is gone.
+    [letter] = await store.dead_letters()
+    assert (await replay(settings, [letter.position])).replayed == [str(letter.position)]
+    await run_until_drained(settings, stream, store, max_deliveries=3)
+    assert await balance(store, stream) == {"received": 21, "pending": 0, "unique": 21,
+                                            "duplicate": 0, "dead": 0}
+
+
+async def test_an_entry_that_always_conflicts_is_dead_lettered_instead_of_retried_at_once_forever(
+        settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
+    # PostgreSQL aborts every transaction that inserts `bad` as a serialization failure
+    # (40001, a StoreConflict): a conflict is retried at once, so this one used to spin.
+    sql.execute("""
+        CREATE FUNCTION conflict_on_bad() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.event_id = 'bad' THEN
+                RAISE EXCEPTION 'could not serialize access due to concurrent update'
+                    USING ERRCODE = 'serialization_failure';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER conflict_on_bad BEFORE INSERT ON events
+        FOR EACH ROW EXECUTE FUNCTION conflict_on_bad();
+    """)
+    await publish(stream, [event("e1"), event("bad"), event("e2")])
+    await run_until_drained(settings, stream, store, max_deliveries=2, claim_idle_ms=50)
+    assert await balance(store, stream) == {"received": 3, "pending": 0, "unique": 2,
+                                            "duplicate": 0, "dead": 1}
+    [(_, event_id, reason, _, _, error)] = letters(sql)
+    assert (event_id, reason) == ("bad", "store_failed")
+    assert error.startswith("[40001] SerializationFailure"), error
+
+
+async def test_a_batch_postgresql_refuses_for_its_size_is_settled_entry_by_entry(
+        sorts_capped: None, settings: Settings, stream: Stream, store: Store,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A limit of the server, not of the data: the insert sorts the rows of its statement by
+    # key, and 4 MiB of events (one statement) spill past work_mem into a temporary file over
+    # temp_file_limit (53400, a StoreUnavailable), every time, while one event alone sorts in
+    # memory. Such a batch used to be retried forever; now its entries settle one by one, and
+    # none fails alone (MAX_DELIVERIES 1 would dead-letter it at once).
+    caplog.set_level(logging.INFO, logger="services.consumer.dead_letters")
+    await publish(stream, [event(f"e{i}", payload={"blob": "x" * 200_000}) for i in range(30)])
+    await run_until_drained(settings, stream, store, max_deliveries=1)
+    assert await balance(store, stream) == {"received": 30, "pending": 0, "unique": 30,
+                                            "duplicate": 0, "dead": 0}
+    isolated = logged(caplog.records, "batch_isolated")
+    assert sum(r.entries for r in isolated) == 30  # type: ignore[attr-defined]
+    assert all(r.error.startswith(  # type: ignore[attr-defined]
+        "[53400] ConfigurationLimitExceeded: temporary file size exceeds temp_file_limit")
+        for r in isolated)
 
 
 async def test_an_entry_is_not_dead_lettered_before_its_last_delivery(

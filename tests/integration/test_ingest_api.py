@@ -17,7 +17,7 @@ from services.consumer.loop import Consumer
 from services.ingest.app import create_app
 from services.stack.servers import free_port
 from shared import store as store_module
-from shared.constants import received_key
+from shared.constants import EVENT_FIELD, received_key
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
@@ -111,6 +111,38 @@ async def test_a_body_over_max_body_bytes_is_a_413(settings: Settings, redis: Re
                                    headers={"Content-Type": "application/json"})
         assert answer.status == 413
     assert await nothing_enqueued(redis, settings)
+
+
+def sized(event_id: str, size: int) -> dict[str, Any]:
+    """An event whose compact JSON (as the stream keeps it) is exactly `size` bytes."""
+    base = event(event_id, payload={"blob": ""})
+    return event(event_id, payload={"blob": "x" * (size - len(orjson.dumps(base)))})
+
+
+async def test_an_event_over_max_event_bytes_is_a_413_naming_it_that_enqueues_nothing(
+        settings: Settings, redis: Redis) -> None:
+    limit = 1000
+    small = dataclasses.replace(settings, max_event_bytes=limit)
+    body = [sized("fits", limit), sized("over", limit + 1), event("tiny"),
+            sized("far-over", 3 * limit)]
+    async with TestClient(TestServer(create_app(small))) as client:
+        answer = await post(client, body)
+        refusal = await answer.json()
+        assert answer.status == 413
+        assert refusal["error"] == "event_too_large"
+        assert [(p["index"], p["path"]) for p in refusal["details"]] == [(1, ""), (3, "")]
+        assert f"{limit + 1} bytes" in refusal["details"][0]["message"]
+        assert await nothing_enqueued(redis, settings)
+        # What counts is the event as the stream keeps it: compact JSON, whatever spaces and
+        # escapes the client sent (here the event at the limit, indented and escaped).
+        loose = orjson.dumps(sized("fits", limit), option=orjson.OPT_INDENT_2)
+        loose = loose.replace(b'"fits"', b'"\\u0066its"')
+        assert len(loose) > limit
+        answer = await client.post("/publish", data=loose,
+                                   headers={"Content-Type": "application/json"})
+        assert answer.status == 202
+    stored = await redis.xrange(settings.stream_key) or []
+    assert [fields for _, fields in stored] == [{EVENT_FIELD: orjson.dumps(sized("fits", limit))}]
 
 
 async def test_a_schema_violation_is_a_422_naming_each_bad_event_and_field(

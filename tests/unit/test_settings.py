@@ -28,6 +28,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "metrics_port": 9100,
     "max_batch_events": 1000,
     "max_body_bytes": 5242880,
+    "max_event_bytes": 262144,  # the SPEC leaves it to us, at most 1 MiB
     "log_level": "INFO",
 }
 # Settings the issues added beyond the SPEC table, with their documented defaults.
@@ -35,13 +36,14 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "max_backlog": 500_000,
     "consumer_gone_ms": 3_600_000,
     "log_format": "auto",
+    "batch_bytes": 134217728,
 }
 DEFAULTS = {**SPEC_DEFAULTS, **EXTRA_DEFAULTS}
 
 FIELDS = [field.name for field in dataclasses.fields(Settings)]
 INT_FIELDS = [field.name for field in dataclasses.fields(Settings) if field.type in (int, "int")]
 POSITIVE_FIELDS = ["batch_size", "claim_idle_ms", "max_deliveries", "max_batch_events",
-                   "max_body_bytes", "consumer_gone_ms"]
+                   "max_body_bytes", "max_event_bytes", "consumer_gone_ms", "batch_bytes"]
 PORT_FIELDS = ["ingest_port", "metrics_port"]
 
 # A value for every field that differs from its default and passes the checks.
@@ -59,10 +61,12 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "metrics_port": ("19100", 19100),
     "max_batch_events": ("20", 20),
     "max_body_bytes": ("65536", 65536),
+    "max_event_bytes": ("65536", 65536),
     "log_level": ("DEBUG", "DEBUG"),
     "max_backlog": ("1000", 1000),
     "consumer_gone_ms": ("60000", 60000),
     "log_format": ("json", "json"),
+    "batch_bytes": ("33554432", 33554432),
 }
 
 
@@ -249,6 +253,39 @@ def test_max_backlog_zero_means_no_limit_and_a_negative_one_is_an_error() -> Non
     assert Settings.from_env({"MAX_BACKLOG": "0"}).max_backlog == 0
     with pytest.raises(ConfigurationError, match="MAX_BACKLOG"):
         Settings.from_env({"MAX_BACKLOG": "-1"})
+
+
+@pytest.mark.parametrize(("batch_size", "batch_bytes", "max_event_bytes", "count"), [
+    (500, 128 * 2**20, 256 * 2**10, 500),  # the defaults: BATCH_SIZE entries
+    (500, 16 * 2**20, 256 * 2**10, 64),  # fewer, so that 64 of the largest fit in 16 MiB
+    (500, 2**20, 2**20, 1),  # one of the largest at a time
+    (500, 2**20 + 1, 2**20, 1),
+    (10, 128 * 2**20, 1024, 10),  # BATCH_SIZE, when it is the smaller bound
+])
+def test_a_read_brings_batch_size_entries_or_fewer_to_stay_within_batch_bytes(
+        batch_size: int, batch_bytes: int, max_event_bytes: int, count: int) -> None:
+    settings = Settings.from_env({}, batch_size=batch_size, batch_bytes=batch_bytes,
+                                 max_event_bytes=max_event_bytes)
+    assert settings.read_count == count
+    assert settings.read_count * settings.max_event_bytes <= settings.batch_bytes
+
+
+def test_max_event_bytes_is_at_most_one_mebibyte() -> None:
+    assert Settings.from_env({"MAX_EVENT_BYTES": str(2**20)}).max_event_bytes == 2**20
+    with pytest.raises(ConfigurationError, match=r"MAX_EVENT_BYTES must be at most 1048576"):
+        Settings.from_env({"MAX_EVENT_BYTES": str(2**20 + 1)})
+
+
+def test_a_batch_budget_below_one_event_is_a_configuration_error_naming_both() -> None:
+    with pytest.raises(ConfigurationError,
+                       match=r"BATCH_BYTES \(1000\) must be at least MAX_EVENT_BYTES \(1001\)"):
+        Settings.from_env({"BATCH_BYTES": "1000", "MAX_EVENT_BYTES": "1001"})
+
+
+def test_a_batch_budget_postgresql_could_refuse_is_a_configuration_error() -> None:
+    assert Settings.from_env({"BATCH_BYTES": str(512 * 2**20)}).batch_bytes == 512 * 2**20
+    with pytest.raises(ConfigurationError, match="BATCH_BYTES must be at most 536870912"):
+        Settings.from_env({"BATCH_BYTES": str(512 * 2**20 + 1)})
 
 
 def test_an_unknown_log_format_is_a_configuration_error_naming_it() -> None:
