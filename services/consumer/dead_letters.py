@@ -2,11 +2,11 @@
 
 A batch the store rejects (`EntryRejected`: the data's fault) is settled again entry by entry,
 so that the good entries around a bad one are stored. A bad entry stays pending, to be delivered
-again later (XAUTOCLAIM); once Redis has delivered it MAX_DELIVERIES times, it is given up on:
-written to the dead-letter store with its reason and error, counted in `dead_lettered`, and
-acked. The delivery count is Redis's own, so it survives the death of any consumer. Any other
-failure (`StoreUnavailable`, `StoreConflict`) goes up to the retry policy (`retry.py`), which
-retries the whole batch: nothing is dead-lettered for it.
+again later (`recovery.py` claims it); once Redis has delivered it MAX_DELIVERIES times, it is
+given up on: written to the dead-letter store with its reason and error, counted in
+`dead_lettered`, and acked. The delivery count is Redis's own, so it survives the death of any
+consumer. Any other failure (`StoreUnavailable`, `StoreConflict`) goes up to the retry policy
+(`retry.py`), which retries the whole batch: nothing is dead-lettered for it.
 """
 
 from __future__ import annotations
