@@ -80,11 +80,16 @@ class LogEnds:
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """One XAUTOCLAIM page: the entries taken over, the ids that no longer exist, where to go on."""
+    """One page of a claim: the entries taken over; the ids whose entries are no longer in the
+    stream, still unacked (acking them is the caller's job); where the next page starts
+    (`CLAIM_START` once the pass over the pending list is over)."""
 
     entries: list[RawEntry]
     deleted: list[bytes]
     next_start: bytes
+
+
+CLAIM_START = b"0-0"
 
 
 class Stream:
@@ -96,6 +101,8 @@ class Stream:
         self._raise_mark = redis.register_script((LUA_DIR / "raise_mark.lua").read_text())
         self._remove_gone = redis.register_script(
             (LUA_DIR / "remove_gone_consumers.lua").read_text())
+        self._claim_idle = redis.register_script((LUA_DIR / "claim_idle.lua").read_text())
+        self._keep_owned = redis.register_script((LUA_DIR / "keep_owned.lua").read_text())
 
     async def ensure_group(self, after: StreamId | None = None) -> bool:
         """Create the group (and the stream) unless it exists; True when it was created.
@@ -180,12 +187,21 @@ class Stream:
 
     async def claim_idle(self, consumer: str, *, min_idle_ms: int, start: bytes,
                          count: int) -> Claimed:
-        """Take over entries unacked for longer than `min_idle_ms` on any consumer
-        (XAUTOCLAIM)."""
+        """Take over entries unacked for longer than `min_idle_ms` on any consumer, one page
+        from `start` (a Lua script, not XAUTOCLAIM: it leaves the ids of deleted entries
+        unacked, for the caller to ack once it has accounted for them)."""
         with broker_errors():
-            next_start, entries, deleted = await self.redis.xautoclaim(
-                self.key, self.group, consumer, min_idle_ms, start_id=start, count=count)
+            next_start, claimed, deleted = await self._claim_idle(
+                keys=[self.key], args=[self.group, consumer, min_idle_ms, start, count])
+        entries = [(raw_id, _pairs(fields)) for raw_id, fields in claimed]
         return Claimed(entries=entries, deleted=list(deleted), next_start=next_start)
+
+    async def keep_owned(self, consumer: str, ids: Sequence[bytes]) -> int:
+        """Reset the idle time of those entries that `consumer` still holds, without counting
+        a delivery, so that no other consumer claims them meanwhile; return how many."""
+        with broker_errors():
+            return int(await self._keep_owned(keys=[self.key],
+                                              args=[self.group, consumer, *ids]))
 
     async def replay(self, letters: Sequence[tuple[str, bytes]]) -> None:
         """Append events again, each marked with the dead letter it revives, in one MULTI/EXEC.
@@ -303,6 +319,11 @@ def broker_errors() -> Iterator[None]:
         raise BrokerUnavailable(f"{type(error).__name__}: {error}") from error
     except RedisError as error:
         raise BrokerUnavailable(f"{type(error).__name__}: {error}") from error
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """An entry's fields as Lua returns them, [name, value, ...], as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _text(value: bytes | str) -> str:

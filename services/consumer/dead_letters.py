@@ -6,11 +6,11 @@ when they are large. A transaction that fails for any reason but an outage (the 
 judges which: `retry.py`) is settled again entry by entry, so that the good entries around a
 bad one are stored. An entry that fails alone, because the store rejects its data
 (`store_rejected`) or with any other error of the store (`store_failed`: a lock it waits for, a
-server limit it exceeds), stays pending, to be delivered again later (XAUTOCLAIM); once Redis
-has delivered it MAX_DELIVERIES times, it is given up on: written to the dead-letter store with
-its reason and error, counted in `dead_lettered`, and acked. The delivery count is Redis's own,
-so it survives the death of any consumer. An outage goes up to the retry policy, which retries
-the whole batch: nothing is dead-lettered for it.
+server limit it exceeds), stays pending, to be delivered again later (`recovery.py` claims
+it); once Redis has delivered it MAX_DELIVERIES times, it is given up on: written to the
+dead-letter store with its reason and error, counted in `dead_lettered`, and acked. The
+delivery count is Redis's own, so it survives the death of any consumer. An outage goes up to
+the retry policy, which retries the whole batch: nothing is dead-lettered for it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from services.consumer import dead_letters, invariants
 from services.consumer.housekeeping import Housekeeping
-from services.consumer.recovery import Recovery
+from services.consumer.recovery import Recovery, kept
 from services.consumer.retry import Stopped, until_done
 from shared.entries import Entry, Unreadable
 from shared.metrics import BATCH_ENTRIES, BATCH_SECONDS, EVENTS_PROCESSED, REDELIVERIES
@@ -105,7 +105,16 @@ class Consumer:
     async def handle(self, raw: Sequence[RawEntry], stop: asyncio.Event,
                      read_at: float | None = None) -> None:
         """Settle a batch and ack what was settled or given up on; leave the rest pending.
-        `read_at`: for a batch never delivered before (XREADGROUP >), when its read began."""
+        `read_at`: for a batch never delivered before (XREADGROUP >), when its read began.
+
+        Meanwhile the batch's entries are kept from going idle, however long the settling
+        takes: otherwise another consumer would claim them and settle them a second time."""
+        async with kept(self.stream, self.name, [raw_id for raw_id, _ in raw],
+                        self.settings.claim_idle_ms):
+            await self._handle(raw, stop, read_at)
+
+    async def _handle(self, raw: Sequence[RawEntry], stop: asyncio.Event,
+                      read_at: float | None) -> None:
         started = time.perf_counter()
         entries, unreadable = decode(raw)
         # If a stop comes while PostgreSQL is away, nothing was committed or acked: the entries
