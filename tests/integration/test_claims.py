@@ -160,7 +160,7 @@ async def test_a_batch_settling_for_longer_than_claim_idle_ms_stays_with_its_con
     async with running(slow):
         # Every settling transaction shares the settled floor's lock: holding it makes them
         # wait. Released before the consumers are stopped, which they could not be meanwhile.
-        sql.execute("SELECT pg_advisory_lock(%s)", [FLOOR_LOCK])
+        sql.execute("SELECT pg_advisory_lock(%s, %s)", [FLOOR_LOCK, await store.stream_id()])
         try:
             await eventually(lambda: settle_waits_for_the_floor(sql),
                              what="slow's batch waits for the floor")
