@@ -1,11 +1,14 @@
 """`logagg bench`: throughput and latency of the whole pipeline, next to two ceilings measured
 on the same servers in the same run.
 
-It starts its own stack (Redis with its append-only file, fsync every second; durable
-PostgreSQL; one ingest; N consumers) in a temporary folder, measures the ceilings, publishes the
-workload in process (the load generator shares the machine, as it would in a test rig), waits
-until nothing is pending, and reports: a table on stdout, a JSON file and a PNG plot in
-`bench/results/`.
+It starts its own stack (Redis with its append-only file, `appendfsync always` unless
+`--redis-appendfsync` says otherwise; durable PostgreSQL; one ingest; N consumers) in a
+temporary folder, measures the ceilings, publishes the workload in process (the load generator
+shares the machine, as it would in a test rig), waits until nothing is pending, and reports: a
+table on stdout, a JSON file and a PNG plot in `bench/results/`.
+
+`--redis-appendfsync both` measures `always`, then `everysec`, each on a fresh stack with its
+own ceilings, and ends with the two side by side: what durability costs on this machine.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ from services.bench import ceilings, probes, report
 from services.publisher.sender import send
 from services.publisher.simulator import DEFAULT_TOPICS, workload
 from services.stack.local import LocalStack
-from services.stack.servers import free_port
+from services.stack.servers import APPENDFSYNC_POLICIES, DEFAULT_APPENDFSYNC, free_port
 from shared.settings import Settings
+
+# `--redis-appendfsync both`: the durable default, then the cheaper policy.
+BOTH = "both"
+BOTH_POLICIES = ("always", "everysec")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,26 +46,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ingest processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--results", type=Path, default=Path("bench/results"),
-                        help="folder for the JSON and PNG of this run")
+                        help="folder for the JSON and PNG of each run")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for pending to reach 0")
+    parser.add_argument(
+        "--redis-appendfsync", choices=[*APPENDFSYNC_POLICIES, BOTH],
+        default=DEFAULT_APPENDFSYNC,
+        help="Redis's appendfsync policy for this run (default: %(default)s, as deployed); "
+             f"'{BOTH}': {' then '.join(BOTH_POLICIES)}, each on a fresh stack with its own "
+             "ceilings, then the two side by side")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    result = asyncio.run(bench(settings, args))
-    print(report.table(result))
-    json_path, png_path = report.save(result, args.results, {"arguments": {
-        k: str(v) for k, v in vars(args).items() if k not in {"run"}}})
-    print(f"written: {json_path} and {png_path}")
-    return 0 if result.exact else 1
+    policies = BOTH_POLICIES if args.redis_appendfsync == BOTH else (args.redis_appendfsync,)
+    results: list[report.Result] = []
+    for policy in policies:
+        result = asyncio.run(bench(settings, args, policy))
+        if results:
+            print()
+        print(report.table(result))
+        json_path, png_path = report.save(result, args.results, {"arguments": {
+            k: str(v) for k, v in vars(args).items() if k not in {"run"}}})
+        print(f"written: {json_path} and {png_path}", flush=True)
+        results.append(result)
+    if len(results) > 1:
+        print()
+        print(report.comparison(results))
+    return 0 if all(result.exact for result in results) else 1
 
 
-async def bench(settings: Settings, args: argparse.Namespace) -> report.Result:
+async def bench(settings: Settings, args: argparse.Namespace,
+                appendfsync: str) -> report.Result:
     work = workload(args.events, args.duplicates, list(DEFAULT_TOPICS), args.seed)
     stack_settings = dataclasses.replace(settings, ingest_port=free_port(), metrics_port=0)
     with tempfile.TemporaryDirectory(prefix="logagg-bench-") as folder, LocalStack(
             stack_settings, Path(folder), redis_port=free_port(), postgres_port=free_port(),
-            consumers=args.consumers, ingests=args.ingests) as stack:
+            consumers=args.consumers, ingests=args.ingests,
+            redis_appendfsync=appendfsync) as stack:
         pg_ceiling = await asyncio.to_thread(
             ceilings.postgres_ceiling, stack.settings.database_url, work.encoded)
         xadd_ceiling = await ceilings.xadd_ceiling(stack.redis.url, work.encoded)
@@ -84,6 +108,7 @@ async def bench(settings: Settings, args: argparse.Namespace) -> report.Result:
                       "duplicates": args.duplicates, "batch": args.batch,
                       "concurrency": args.concurrency, "consumers": args.consumers,
                       "ingests": args.ingests},
+            redis_appendfsync=appendfsync,
             accept_rate=work.events / (accepted_at - started),
             end_to_end_rate=work.events / (drained_at - started),
             publish_ms={f"p{p}": sent.latency_ms(p) for p in (50, 95, 99)},

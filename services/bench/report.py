@@ -19,6 +19,7 @@ from services.bench.probes import Sample
 @dataclass
 class Result:
     workload: dict[str, Any]
+    redis_appendfsync: str  # the stack's Redis appendfsync policy
     accept_rate: float  # events/s: first send until the last 202
     end_to_end_rate: float  # events/s: first send until pending == 0
     publish_ms: dict[str, float | None]  # p50 / p95 / p99 of POST /publish
@@ -50,22 +51,53 @@ def table(result: Result) -> str:
     def ms(values: dict[str, float | None]) -> str:
         return " / ".join("-" if v is None else f"{v:.1f}" for v in values.values())
 
+    ratios = result.ratios
     rows = [
         ("events (duplicates)", f"{result.workload['events']:,} "
                                 f"({result.workload['duplicates']:.0%})"),
+        ("Redis appendfsync", result.redis_appendfsync),
         ("accept rate", f"{result.accept_rate:,.0f} events/s"),
+        # The end-to-end rate, then each ceiling of this same run and the ratio to it.
         ("end-to-end rate", f"{result.end_to_end_rate:,.0f} events/s"),
+        ("ceiling: PostgreSQL dedup insert", f"{result.postgres_ceiling:,.0f} events/s"),
+        ("end_to_end / postgres ceiling", f"{ratios['end_to_end / postgres ceiling']:.2f}"),
+        ("ceiling: pipelined XADD", f"{result.xadd_ceiling:,.0f} events/s"),
+        ("end_to_end / xadd ceiling", f"{ratios['end_to_end / xadd ceiling']:.2f}"),
         ("publish latency p50/p95/p99", f"{ms(result.publish_ms)} ms"),
         ("consumer batch p50/p95/p99", f"{ms(result.batch_ms)} ms"),
-        ("ceiling: PostgreSQL dedup insert", f"{result.postgres_ceiling:,.0f} events/s"),
-        ("ceiling: pipelined XADD", f"{result.xadd_ceiling:,.0f} events/s"),
-        *((name, f"{ratio:.2f}") for name, ratio in result.ratios.items()),
         ("counts", ("exact " if result.exact else "OFF ") + str(result.counts)),
         *((f"CPU µs/event: {name}", f"{us:.1f}") for name, us in result.cpu_us_per_event.items()),
         *((f"peak RSS MB: {name}", f"{mb:.0f}") for name, mb in result.peak_rss_mb.items()),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def comparison(results: list[Result]) -> str:
+    """Runs of the same workload under different Redis appendfsync policies, side by side:
+    each end-to-end rate next to the PostgreSQL ceiling of its own run (its own stack), then
+    each run against the first."""
+    header = ("Redis appendfsync", "end to end", "PostgreSQL ceiling (same run)", "ratio",
+              "publish p99", "CPU µs/event: redis")
+    rows = [header]
+    for result in results:
+        p99 = result.publish_ms.get("p99")
+        rows.append((
+            result.redis_appendfsync, f"{result.end_to_end_rate:,.0f} events/s",
+            f"{result.postgres_ceiling:,.0f} events/s",
+            f"{result.ratios['end_to_end / postgres ceiling']:.2f}",
+            "-" if p99 is None else f"{p99:.1f} ms",
+            f"{result.cpu_us_per_event.get('redis', 0.0):.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True))
+             .rstrip() for row in rows]
+    first = results[0]
+    for other in results[1:]:
+        lines.append(
+            f"{first.redis_appendfsync} ran at {first.end_to_end_rate / other.end_to_end_rate:.2f}"
+            f" times the end-to-end rate of {other.redis_appendfsync} (one run each: repeat, "
+            f"interleaved, before reading much into a few percent)")
+    return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
@@ -122,8 +154,8 @@ def plot(result: Result, path: Path) -> None:
                 label=f"PostgreSQL ceiling {result.postgres_ceiling:,.0f}/s")
     top.set_ylabel("settled events/s")
     top.legend(loc="upper right")
-    top.set_title(f"logagg bench: {result.workload['events']:,} events, "
-                  f"end to end {result.end_to_end_rate:,.0f}/s")
+    top.set_title(f"logagg bench: {result.workload['events']:,} events, Redis appendfsync "
+                  f"{result.redis_appendfsync}, end to end {result.end_to_end_rate:,.0f}/s")
     bottom.plot(times, [s.pending for s in samples], color="#8a5cd1")
     bottom.set_ylabel("pending")
     bottom.set_xlabel("seconds since the first send")

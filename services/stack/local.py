@@ -26,7 +26,12 @@ from typing import Any
 
 import orjson
 
-from services.stack.servers import PostgresServer, RedisServer
+from services.stack.servers import (
+    APPENDFSYNC_POLICIES,
+    DEFAULT_APPENDFSYNC,
+    PostgresServer,
+    RedisServer,
+)
 from shared.migrations import migrate
 from shared.settings import Settings
 
@@ -37,10 +42,11 @@ class LocalStack:
     """Servers and processes of one local logagg deployment. Use it as a context manager."""
 
     def __init__(self, settings: Settings, data_dir: Path, *, redis_port: int, postgres_port: int,
-                 consumers: int = 3, durable: bool = True, redis_fsync: str = "everysec",
-                 ingests: int = 1) -> None:
+                 consumers: int = 3, durable: bool = True,
+                 redis_appendfsync: str = DEFAULT_APPENDFSYNC, ingests: int = 1) -> None:
         self.data_dir = data_dir.resolve()
-        self.redis = RedisServer(self.data_dir / "redis", port=redis_port, appendfsync=redis_fsync)
+        self.redis = RedisServer(self.data_dir / "redis", port=redis_port,
+                                 appendfsync=redis_appendfsync)
         self.postgres = PostgresServer(self.data_dir / "postgres", port=postgres_port,
                                        durable=durable)
         self.settings = replace(settings, redis_url=self.redis.url,
@@ -211,9 +217,20 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consumers", type=int, default=3)
     parser.add_argument("--ingests", type=int, default=1,
                         help="ingest processes sharing the port (SO_REUSEPORT)")
-    parser.add_argument("--redis-fsync", choices=["always", "everysec", "no"], default="everysec",
-                        help="Redis appendfsync: 'always' loses no accepted event even if the "
-                             "machine dies (default: everysec)")
+    add_appendfsync_argument(parser)
+
+
+def add_appendfsync_argument(parser: argparse.ArgumentParser) -> None:
+    """`--redis-appendfsync`, named after Compose's REDIS_APPENDFSYNC; default always."""
+    parser.add_argument(
+        "--redis-appendfsync", choices=APPENDFSYNC_POLICIES, default=DEFAULT_APPENDFSYNC,
+        help="Redis's appendfsync policy (default: %(default)s). 'always': Redis fsyncs its "
+             "append-only file before it answers, so no accepted event is lost even if the "
+             "machine dies. 'everysec': cheaper; a machine crash loses about the last second "
+             "or two of accepted events. 'no': the kernel decides when to write to disk")
+    # The option's name before appendfsync `always` became the default; kept for scripts.
+    parser.add_argument("--redis-fsync", dest="redis_appendfsync", choices=APPENDFSYNC_POLICIES,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,7 +246,7 @@ def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
     _exit_on_sigterm()
     return LocalStack(settings, args.data_dir, redis_port=args.redis_port,
                       postgres_port=args.postgres_port, consumers=args.consumers,
-                      redis_fsync=args.redis_fsync, ingests=args.ingests)
+                      redis_appendfsync=args.redis_appendfsync, ingests=args.ingests)
 
 
 def _exit_on_sigterm() -> None:
@@ -241,8 +258,9 @@ def _exit_on_sigterm() -> None:
 
 def up(settings: Settings, args: argparse.Namespace) -> int:
     with _stack(settings, args) as stack:
-        print(f"logagg is up: {stack.base_url} (Redis {stack.redis.url}, "
-              f"PostgreSQL {stack.settings.database_url}); logs in {stack.data_dir / 'logs'}")
+        print(f"logagg is up: {stack.base_url} (Redis {stack.redis.url}, appendfsync "
+              f"{stack.redis.appendfsync}; PostgreSQL {stack.settings.database_url}); "
+              f"logs in {stack.data_dir / 'logs'}")
         for name, process in stack.processes.items():
             print(f"  {name:<11} pid {process.pid}")
         print("Ctrl-C stops everything.", flush=True)
@@ -260,7 +278,8 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
     from services.publisher.simulator import DEFAULT_TOPICS, workload
 
     with _stack(settings, args) as stack:
-        print(f"stack up at {stack.base_url}; publishing {args.events} events "
+        print(f"stack up at {stack.base_url} (Redis appendfsync {stack.redis.appendfsync}); "
+              f"publishing {args.events} events "
               f"({args.duplicates:.0%} duplicates)…", flush=True)
         before = stack.stats()
         work = workload(args.events, args.duplicates, list(DEFAULT_TOPICS), seed=None)

@@ -26,6 +26,14 @@ from shared.exceptions import ServerNotInstalled
 INSTALL_HINT = ("On Debian or Ubuntu: apt-get install redis-server postgresql "
                 "(Redis 7.0 or newer, PostgreSQL 15 or newer).")
 START_TIMEOUT_S = 60.0
+# Redis's `appendfsync` policies. `always` (the default everywhere: SPEC §1) fsyncs the
+# append-only file before Redis answers, so nothing acknowledged is lost, not even when the
+# machine dies. `everysec` fsyncs once a second in the background: a machine crash loses up to
+# about the last second, and while that fsync is slow Redis may postpone even the write(2) of
+# new commands by up to 2 s and answer them meanwhile, so a killed Redis process can lose
+# acknowledged commands too. `no` leaves the flushing to the kernel.
+APPENDFSYNC_POLICIES = ("always", "everysec", "no")
+DEFAULT_APPENDFSYNC = "always"
 
 
 def free_port() -> int:
@@ -88,7 +96,7 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 class RedisServer:
     data_dir: Path
     port: int = field(default_factory=free_port)
-    appendfsync: str = "everysec"
+    appendfsync: str = DEFAULT_APPENDFSYNC
     process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -27,13 +27,17 @@ from shared.settings import Settings
 
 def local_stack(scratch: Path, settings: dict[str, Any] | None = None,
                 **options: Any) -> LocalStack:
-    """A stack (not started) in a folder of its own; `settings` override the defaults."""
+    """A stack (not started) in a folder of its own; `settings` override the defaults.
+
+    Redis runs with appendfsync `always`, as deployed, unless `options` say otherwise;
+    PostgreSQL without fsync (`durable=False`): a killed PostgreSQL process loses nothing
+    either way, only a crash of the machine would tell the difference."""
     defaults = {"ingest_port": free_port(), "metrics_port": 0, "claim_idle_ms": 1000,
                 "batch_size": 200}
     config = Settings.from_env({}, **{**defaults, **(settings or {})})
     folder = Path(tempfile.mkdtemp(dir=scratch))
     return LocalStack(config, folder, redis_port=free_port(), postgres_port=free_port(),
-                      durable=False, **options)
+                      durable=False, **{"redis_appendfsync": "always", **options})
 
 
 def publish(stack: LocalStack, *args: str) -> dict[str, Any]:

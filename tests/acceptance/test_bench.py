@@ -18,9 +18,11 @@ def test_bench_reports_rates_latencies_ceilings_and_exact_counts(tmp_path: Path)
     for label in ("end-to-end rate", "publish latency p50/p95/p99", "ceiling: PostgreSQL",
                   "ceiling: pipelined XADD", "end_to_end / postgres ceiling", "CPU µs/event"):
         assert label in result.stdout
+    assert "Redis appendfsync" in result.stdout
     [saved] = tmp_path.glob("*.json")
     data = orjson.loads(saved.read_bytes())
     assert data["exact"] is True
+    assert data["redis_appendfsync"] == "always"  # the default, as deployed
     # 3,000 events, 30% re-sends: pinned here, not taken from the bench's own verdict.
     assert data["workload"]["events"] == 3000
     assert data["workload"]["unique_keys"] == 2100
@@ -33,3 +35,29 @@ def test_bench_reports_rates_latencies_ceilings_and_exact_counts(tmp_path: Path)
     assert all(v is not None for v in data["batch_ms"].values())
     [plot] = tmp_path.glob("*.png")
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_both_measures_always_then_everysec_each_against_its_own_ceiling(
+        tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "bench", "--events", "2000", "--consumers", "1",
+         "--redis-appendfsync", "both", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    runs = sorted((orjson.loads(path.read_bytes()) for path in tmp_path.glob("*.json")),
+                  key=lambda data: data["redis_appendfsync"])
+    assert [data["redis_appendfsync"] for data in runs] == ["always", "everysec"]
+    assert len(list(tmp_path.glob("*.png"))) == 2
+    lines = result.stdout.splitlines()
+    [header] = [line for line in lines if "PostgreSQL ceiling (same run)" in line]
+    assert header.startswith("Redis appendfsync")
+    rows = lines[lines.index(header) + 1:][:len(runs)]
+    for data, row in zip(runs, rows, strict=True):
+        assert data["exact"] is True
+        assert data["counts"]["received"] == 2000 and data["counts"]["pending"] == 0
+        # The summary row of each policy: its own end-to-end rate, its own run's ceiling.
+        assert row.split()[0] == data["redis_appendfsync"]
+        assert f"{data['end_to_end_rate']:,.0f} events/s" in row
+        assert f"{data['postgres_ceiling']:,.0f} events/s" in row
+        assert f"{data['ratios']['end_to_end / postgres ceiling']:.2f}" in row
+    assert "always ran at" in result.stdout

@@ -50,7 +50,10 @@ PROBE_TOPIC = "chaos-probe"  # the held request's event: never completed, so nev
 
 @pytest.fixture
 def durable_stack(scratch: Path) -> Iterator[LocalStack]:
-    with local_stack(scratch, redis_fsync="always") as running:
+    # appendfsync `always`, named here whatever the defaults: with `everysec`, Redis may answer
+    # commands whose write(2) it postponed behind a slow background fsync (up to 2 s), and a
+    # SIGKILL then loses events that ingest had already answered 202.
+    with local_stack(scratch, redis_appendfsync="always") as running:
         yield running
 
 

@@ -113,12 +113,14 @@ def compose_env() -> dict[str, str]:
             if not name.startswith("COMPOSE_") and name not in cleared}
 
 
-def compose_model(*profiles: str, tmp_path: Path) -> dict[str, Any]:
-    """The model Compose resolves, with defaults only (an empty env file hides a local .env)."""
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
+def compose_model(*profiles: str, tmp_path: Path,
+                  env_file: dict[str, str] | None = None) -> dict[str, Any]:
+    """The model Compose resolves, with defaults only (an empty env file hides a local .env),
+    or with the variables of `env_file` set as a `.env` file would set them."""
+    variables = tmp_path / "compose.env"
+    variables.write_text("".join(f"{name}={value}\n" for name, value in (env_file or {}).items()))
     profile_flags = [flag for profile in profiles for flag in ("--profile", profile)]
-    result = run(tool("docker-compose"), "--env-file", str(empty), *profile_flags,
+    result = run(tool("docker-compose"), "--env-file", str(variables), *profile_flags,
                  "config", "--format", "json", env=compose_env())
     assert "is not set" not in result.stderr, result.stderr
     model: dict[str, Any] = json.loads(result.stdout)
@@ -404,13 +406,45 @@ def test_data_lives_in_named_volumes(observability_model: dict[str, Any]) -> Non
             f"{name} keeps {target} in no named volume")
 
 
-def test_redis_keeps_an_append_only_file_with_a_settable_fsync_policy(
+def redis_options(model: dict[str, Any]) -> dict[str, str]:
+    """The redis service's `--option value` pairs."""
+    command = model["services"]["redis"]["command"]
+    assert command[0] == "redis-server"
+    return dict(zip(command[1::2], command[2::2], strict=True))
+
+
+def test_redis_keeps_an_append_only_file_fsynced_before_each_answer_by_default(
         default_model: dict[str, Any]) -> None:
-    command = default_model["services"]["redis"]["command"]
-    options = dict(zip(command[1::2], command[2::2], strict=False))
+    """SPEC §1: append-only file on, `appendfsync always` by default."""
+    options = redis_options(default_model)
     assert options["--appendonly"] == "yes"
-    assert options["--appendfsync"] == "everysec"
-    assert "${REDIS_APPENDFSYNC:-everysec}" in COMPOSE_FILE.read_text()
+    assert options["--appendfsync"] == "always"
+    assert "${REDIS_APPENDFSYNC:-always}" in COMPOSE_FILE.read_text()
+
+
+def test_redis_appendfsync_everysec_is_one_variable_away(tmp_path: Path) -> None:
+    model = compose_model(tmp_path=tmp_path, env_file={"REDIS_APPENDFSYNC": "everysec"})
+    assert redis_options(model)["--appendfsync"] == "everysec"
+    assert redis_options(model)["--appendonly"] == "yes"
+
+
+def test_env_example_documents_redis_appendfsync_with_the_compose_default(
+        default_model: dict[str, Any]) -> None:
+    """A comment, not a setting: no logagg process reads it (tests/unit/test_settings.py)."""
+    [default] = re.findall(r"^#\s*REDIS_APPENDFSYNC=(\S+)$", ENV_EXAMPLE.read_text(), re.M)
+    assert default == redis_options(default_model)["--appendfsync"]
+
+
+def test_logagg_up_demo_and_bench_default_to_the_compose_appendfsync(
+        default_model: dict[str, Any]) -> None:
+    from services.cli import _parser
+    from services.stack.servers import DEFAULT_APPENDFSYNC, RedisServer
+
+    compose_default = redis_options(default_model)["--appendfsync"]
+    assert compose_default == DEFAULT_APPENDFSYNC
+    assert RedisServer(Path("unused")).appendfsync == compose_default
+    for command in ("up", "demo", "bench"):
+        assert _parser().parse_args([command]).redis_appendfsync == compose_default, command
 
 
 def test_images_are_pinned_to_exact_versions(observability_model: dict[str, Any]) -> None:
