@@ -42,7 +42,7 @@ def marked_after(stack: LocalStack, seen: int) -> int:
 def test_a_redis_restarted_from_a_truncated_log_raises_an_alarm_and_stores_every_new_event(
         scratch: Path) -> None:
     # appendfsync always: the only loss in this test is the one it makes.
-    with local_stack(scratch, redis_fsync="always", consumers=2) as stack:
+    with local_stack(scratch, redis_appendfsync="always", consumers=2) as stack:
         first = publish(stack, "--events", "2000", "--duplicates", "0.3", "--seed", "1")
         stack.wait_drained(timeout_s=60)
         marked_after(stack, 0)
