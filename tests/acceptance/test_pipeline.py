@@ -49,10 +49,13 @@ def test_consumers_killed_with_sigkill_mid_run_still_end_exact(stack: LocalStack
     sender = start_publish(stack, "--events", "20000", "--duplicates", "0.3", "--rate", "4000")
     held: list[int] = []
     with Redis.from_url(stack.settings.redis_url) as redis:
-        # Spread over the run: the k-th kill once a k/5 share of the events has come in.
-        for kill, share in enumerate((0.2, 0.4, 0.6), start=1):
+        # Spread over the run: the k-th kill once a k/5 share of the events has come in. Each
+        # consumer once, in a random order: one just restarted may take seconds to come back
+        # on a busy machine, and would hold nothing before the 5-second publish ends.
+        victims = rng.sample(["consumer-1", "consumer-2", "consumer-3"], 3)
+        for kill, (share, victim) in enumerate(zip((0.2, 0.4, 0.6), victims, strict=True),
+                                               start=1):
             wait_for_received(redis, stack, int(share * 20000), f"before kill {kill}")
-            victim = f"consumer-{rng.randint(1, 3)}"
             held.append(signal_while_holding(redis, stack, victim, signal.SIGKILL))
             stack.processes[victim].wait(timeout=30)
             stack.restart_exited()
