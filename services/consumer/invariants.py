@@ -36,6 +36,10 @@ from shared.entries import Entry, StreamId
 from shared.store import ORIGIN, Store
 from shared.stream import Stream
 
+# How a broker goes back in its history (the README's failure table, row 18).
+CAUSES = ("restored from an older file, a crash with appendfsync everysec, a failover to a "
+          "replica that was behind")
+
 
 async def ensure_group(stream: Stream, store: Store) -> None:
     """Create the group unless it exists; after the settled floor if the store has settled
@@ -69,10 +73,8 @@ async def check_broker_history(stream: Stream, store: Store) -> None:
         await stream.generate_after(known)
         await raise_alarm(store, BROKER_HISTORY_LOST, (
             f"the broker's log of stream {stream.key!r} ends at {last}, but positions up to "
-            f"{known} were settled: the broker lost entries it had accepted (restored from an "
-            f"older file, a crash with appendfsync everysec, a failover to a replica that was "
-            f"behind), and `received` lost their count with them; new entries now get ids "
-            f"after {known}"))
+            f"{known} were settled: the broker lost entries it had accepted ({CAUSES}), and "
+            f"`received` lost their count with them; new entries now get ids after {known}"))
     elif (high is not None and high >= floor and not await stream.holds(high)
           # Read again: another consumer may have raised the floor past it and trimmed it
           # since (the floor always rises before the trim).
@@ -93,10 +95,9 @@ async def _check_mark(stream: Stream, store: Store) -> None:
     if broker < recorded:
         await raise_alarm(store, BROKER_HISTORY_LOST, (
             f"the broker's history mark of stream {stream.key!r} is {broker}, but it had "
-            f"acknowledged {recorded}: it went back in its history (restored from an older "
-            f"file, a crash with appendfsync everysec, a failover to a replica that was "
-            f"behind, a FLUSHALL) and lost what it was sent since that mark was written, "
-            f"events accepted and their `received` count included"))
+            f"acknowledged {recorded}: it went back in its history ({CAUSES}, a FLUSHALL) and "
+            f"lost what it was sent since that mark was written, events accepted and their "
+            f"`received` count included"))
     # Redis first: the store never records a mark the broker has not acknowledged.
     await store.raise_mark(await stream.raise_mark(max(broker, recorded) + 1))
 
