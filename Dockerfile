@@ -1,6 +1,8 @@
-# syntax=docker/dockerfile:1
 # One image for every logagg process: the command picks the service
 # (`docker run logagg ingest|consumer|migrate|publish|dlq`).
+#
+# Builds with BuildKit (Docker 23+, or DOCKER_BUILDKIT=1 on older engines) and its built-in
+# Dockerfile frontend: no `# syntax=` line, which would pull a frontend image from a registry.
 #
 # logagg runs from its source tree (shared/paths.py reads schema/, sql/, shared/lua/ and
 # services/ingest/static/ beside the packages), so the tree is copied to /app and installed in
@@ -17,8 +19,13 @@ WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone, so that a code change reuses this layer.
 # Every dependency ships manylinux wheels (psycopg[binary], hiredis, orjson): no compiler needed.
+# Behind a TLS-inspecting proxy, pip needs its certificate authority: pass it as the build
+# secret `pip_ca` (docker-compose.yml passes $PIP_CERT; `docker build --secret
+# id=pip_ca,src=FILE`). A secret is mounted for this step only and stays out of every layer.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN --mount=type=secret,id=pip_ca,required=false \
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 
 COPY schema/ schema/
@@ -27,7 +34,10 @@ COPY shared/ shared/
 COPY services/ services/
 # Editable: the packages stay in /app next to the files they read. Bytecode is compiled here
 # because the runtime user cannot write to /app.
-RUN pip install --no-cache-dir --no-deps -e . \
+# pip fetches the build backend (setuptools) here: the same secret.
+RUN --mount=type=secret,id=pip_ca,required=false \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && pip install --no-cache-dir --no-deps -e . \
     && python -m compileall -q /app/services /app/shared
 
 

@@ -49,7 +49,10 @@ OBSERVABILITY_SERVICES = {"prometheus", "grafana"}
 LOGAGG_SERVICES = {"migrate", "ingest", "consumer", "publisher"}
 DATA_VOLUMES = {"redis": "/data", "postgres": "/var/lib/postgresql/data"}
 # Variables the compose file itself reads; cleared so that the checks see its defaults.
-COMPOSE_OWN_VARIABLES = {"REDIS_APPENDFSYNC", "LOGAGG_TAG", "GRAFANA_ADMIN_PASSWORD"}
+COMPOSE_OWN_VARIABLES = {"REDIS_APPENDFSYNC", "LOGAGG_TAG", "GRAFANA_ADMIN_PASSWORD",
+                         "POSTGRES_PASSWORD", "INGEST_PUBLISHED_PORT", "PIP_CERT"}
+# The database password has no default (docker-compose.yml): the checks give it one.
+PLACEHOLDER_PASSWORD = "placeholder-password"
 # Exact versions: Redis 7.0 and PostgreSQL 15 as SPEC §1 says; a PostgreSQL minor is exact.
 EXACT_TAGS = {"redis": r"7\.0\.\d+\b", "postgres": r"15\.\d+\b",
               "prometheus": r"v\d+\.\d+\.\d+\b", "grafana": r"\d+\.\d+\.\d+\b"}
@@ -118,7 +121,9 @@ def compose_model(*profiles: str, tmp_path: Path,
     """The model Compose resolves, with defaults only (an empty env file hides a local .env),
     or with the variables of `env_file` set as a `.env` file would set them."""
     variables = tmp_path / "compose.env"
-    variables.write_text("".join(f"{name}={value}\n" for name, value in (env_file or {}).items()))
+    variables.write_text("".join(
+        f"{name}={value}\n"
+        for name, value in {"POSTGRES_PASSWORD": PLACEHOLDER_PASSWORD, **(env_file or {})}.items()))
     profile_flags = [flag for profile in profiles for flag in ("--profile", profile)]
     result = run(tool("docker-compose"), "--env-file", str(variables), *profile_flags,
                  "config", "--format", "json", env=compose_env())
@@ -142,7 +147,30 @@ def observability_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 @pytest.mark.parametrize("profiles", [(), ("observability",)], ids=["default", "observability"])
 def test_compose_file_is_valid_for_docker_compose(profiles: tuple[str, ...]) -> None:
     flags = [flag for profile in profiles for flag in ("--profile", profile)]
-    run(tool("docker-compose"), *flags, "config", "-q", env=compose_env())
+    run(tool("docker-compose"), *flags, "config", "-q",
+        env={**compose_env(), "POSTGRES_PASSWORD": PLACEHOLDER_PASSWORD})
+
+
+def test_compose_refuses_to_start_without_a_database_password() -> None:
+    result = subprocess.run([tool("docker-compose"), "--env-file", os.devnull, "config", "-q"],
+                            cwd=ROOT, env=compose_env(), capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode != 0
+    assert "required variable POSTGRES_PASSWORD is missing a value" in result.stderr
+
+
+def test_the_database_password_comes_from_the_environment_only(
+        default_model: dict[str, Any]) -> None:
+    """SPEC §6: PostgreSQL asks for the password (no `trust`); every logagg process gets it
+    in PGPASSWORD, which libpq reads; the repository holds no value for it."""
+    services = default_model["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == PLACEHOLDER_PASSWORD
+    assert "POSTGRES_HOST_AUTH_METHOD" not in services["postgres"]["environment"]
+    assert "trust" not in COMPOSE_FILE.read_text()
+    for name in LOGAGG_SERVICES:
+        assert services[name]["environment"]["PGPASSWORD"] == PLACEHOLDER_PASSWORD, name
+    assert not re.search(r"^POSTGRES_PASSWORD=", ENV_EXAMPLE.read_text(), re.MULTILINE)
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -512,3 +540,15 @@ def test_dockerignore_lets_in_what_the_dockerfile_copies_and_keeps_out_local_sta
         assert not ignored(source, patterns), f".dockerignore excludes {source}"
     for local in (".git", ".env", ".venv", ".logagg", "tests"):
         assert ignored(local, patterns), f".dockerignore lets {local} into the image"
+
+
+def test_dockerfile_needs_no_registry_beyond_its_base_and_no_certificate_in_the_repo() -> None:
+    """No `# syntax=` line (it pulls a frontend image); pip's certificate authority, where a
+    proxy needs one, arrives as the build secret `pip_ca`, for the pip steps only."""
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.MULTILINE | re.I)
+    pip_steps = [args for op, args in instructions() if op == "RUN" and "pip install" in args]
+    assert pip_steps
+    for step in pip_steps:
+        assert step.startswith("--mount=type=secret,id=pip_ca"), step
+    tracked = run("git", "ls-files").stdout.splitlines()
+    assert not [path for path in tracked if path.endswith((".crt", ".pem"))]
