@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 PHASES = docker.Phases()
 # Short, so that a killed consumer's entries are claimed within seconds (default 30 s).
 CLAIM_IDLE_MS = 3000
+SYSTEM_CERTIFICATES = "/etc/ssl/certs/ca-certificates.crt"  # Debian's, and Ubuntu's
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -150,9 +151,13 @@ def prepare(cleanup: ExitStack) -> Deployment:
     cleanup.callback(env_file.unlink)
     env = {**compose_env(), "POSTGRES_PASSWORD": secrets.token_hex(16), "LOGAGG_TAG": tag,
            "INGEST_PUBLISHED_PORT": str(free_port()), "CLAIM_IDLE_MS": str(CLAIM_IDLE_MS)}
-    for name in ("DOCKER_HOST", "PIP_CERT"):
-        if engine.env.get(name):
-            env[name] = engine.env[name]
+    if engine.env.get("DOCKER_HOST"):
+        env["DOCKER_HOST"] = engine.env["DOCKER_HOST"]
+    # pip in the build trusts what this machine trusts: its PIP_CERT, else the system's bundle
+    # (where a TLS-inspecting proxy's authority is installed; public authorities otherwise).
+    authority = os.environ.get("PIP_CERT") or SYSTEM_CERTIFICATES
+    if Path(authority).is_file():
+        env["PIP_CERT"] = authority
     # An empty env file: a developer's own .env must not change what is tested.
     compose = [tool("docker-compose"), "--project-name", project, "--file",
                str(docker.ROOT / "docker-compose.yml"), "--env-file", str(env_file)]
