@@ -26,7 +26,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,8 +80,8 @@ class Binaries:
         return f"{self.product} {self.version} from pip ({self.package}): {self.reason}"
 
 
-def servers_kind(environ: Mapping[str, str] = os.environ) -> str:
-    kind = environ.get(SERVERS_VARIABLE) or "auto"
+def servers_kind() -> str:
+    kind = os.environ.get(SERVERS_VARIABLE) or "auto"
     if kind not in SERVER_KINDS:
         raise ConfigurationError(
             f"{SERVERS_VARIABLE}={kind!r}: expected one of {', '.join(SERVER_KINDS)}")
