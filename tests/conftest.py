@@ -1,8 +1,9 @@
 """Fixtures every test layer shares: real Redis and PostgreSQL servers started for the session.
 
-They run from the machine's binaries through the same code as `logagg up`
-(services/stack/servers.py), on free ports, over a temporary folder; never the machine's own
-long-running services.
+They run through the same code as `logagg up` (services/stack/servers.py), from the same
+binaries: the machine's own, or pip's where it has none (`LOGAGG_SERVERS=pip` forces those), on
+free ports, over a temporary folder; never the machine's own long-running services. The header
+of every run says which servers it started.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from services.stack.servers import PostgresServer, RedisServer
+from services.stack.servers import PostgresServer, RedisServer, describe, find_postgres, find_redis
+from shared.exceptions import LogaggError
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        return describe(find_redis(), find_postgres())
+    except LogaggError as error:  # the fixtures below fail with the same message
+        return f"servers: {error}"
 
 
 @pytest.fixture(scope="session")

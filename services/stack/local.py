@@ -1,8 +1,9 @@
 """The whole stack on this machine, without Docker: `logagg up` and `logagg demo`.
 
-Redis and PostgreSQL run from local binaries over a data folder that outlives the run; then
-migrate, one ingest and N consumers run as child processes. Everything started here is stopped
-here, in reverse order, on Ctrl-C or SIGTERM.
+Redis and PostgreSQL run from the machine's binaries, or pip's when it has none
+(`services/stack/servers.py`), over a data folder that outlives the run; then migrate, one
+ingest and N consumers run as child processes. Everything started here is stopped here, in
+reverse order, on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.stack.servers import (
     DEFAULT_APPENDFSYNC,
     PostgresServer,
     RedisServer,
+    describe,
 )
 from shared.migrations import migrate
 from shared.settings import Settings
@@ -244,9 +246,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
     _exit_on_sigterm()
-    return LocalStack(settings, args.data_dir, redis_port=args.redis_port,
-                      postgres_port=args.postgres_port, consumers=args.consumers,
-                      redis_appendfsync=args.redis_appendfsync, ingests=args.ingests)
+    stack = LocalStack(settings, args.data_dir, redis_port=args.redis_port,
+                       postgres_port=args.postgres_port, consumers=args.consumers,
+                       redis_appendfsync=args.redis_appendfsync, ingests=args.ingests)
+    # Which servers, and why those: the machine's own, or pip's when it has none.
+    print(describe(stack.redis.binaries, stack.postgres.binaries), flush=True)
+    return stack
 
 
 def _exit_on_sigterm() -> None:

