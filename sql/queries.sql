@@ -113,9 +113,18 @@ RETURNING topic, stream_ms, stream_seq;
 -- - An entry whose key is stored under its own position is the stored copy (redelivered).
 -- - An entry whose key is stored under a *later* position is the first accepted copy (SPEC §2),
 --   beaten to the commit by a later one: the row moves to it (`moved`), and the copy the row
---   held becomes the duplicate. Only those rows are locked (FOR UPDATE applies to the rows the
---   join returns); one moved meanwhile by another transaction is read again, at its latest
---   version, once that commits.
+--   held becomes the duplicate.
+-- Why each entry is counted once whatever the interleaving: a key's stored position only ever
+-- falls (a key is inserted once; a move goes to an earlier copy), and every move starts from
+-- the row's latest version under a row lock (`held`), so the copy it displaces is the one really
+-- there, and its mover counts it. Every other entry is judged against a position no higher than
+-- the one stored when this transaction commits, and no higher than the batch's first copy: the
+-- locked latest version for the keys in `held`; the snapshot's for the others, which is at most
+-- the first copy. Above that position an entry is a duplicate; at it, it is the stored copy,
+-- which stays, or is displaced and counted by its mover. The snapshot alone would not do for the
+-- keys in `held`: another transaction may move such a row below the batch's first copy after
+-- this snapshot was taken, and judged by the snapshot's higher position, the batch's entries
+-- between the two were counted by no one.
 -- The counters move in the same transaction as the rows they count. Returns the ledger rows
 -- written: this batch's duplicates, and the copies its entries displaced.
 WITH batch AS (
@@ -128,8 +137,10 @@ WITH batch AS (
     SELECT DISTINCT ON (topic, event_id) *
     FROM batch
     ORDER BY topic, event_id, stream_ms, stream_seq
-), later AS (
-    SELECT e.stream_ms AS held_ms, e.stream_seq AS held_seq, b.*
+), stale AS (
+    -- The keys stored, as the snapshot saw them, under a later position than the batch's first
+    -- copy: the only ones it may move.
+    SELECT b.topic, b.event_id
     FROM first_copies b
     JOIN events e
       ON e.stream = %(stream)b::smallint AND e.topic = b.topic AND e.event_id = b.event_id
@@ -137,14 +148,29 @@ WITH batch AS (
       AND NOT EXISTS (SELECT 1 FROM dead_letters d
                       WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                         AND d.stream_seq = b.stream_seq)
-    ORDER BY b.topic, b.event_id
+), held AS (
+    -- Their rows locked, in key order, and read at their latest version: one moved meanwhile
+    -- by another transaction is read again once that commits. Matched by key only, so that
+    -- such a row is returned wherever it moved (a position condition here would be checked
+    -- again on the new version, and drop the row: that is how the snapshot's position slipped
+    -- into the counting).
+    SELECT e.topic, e.event_id, e.stream_ms, e.stream_seq
+    FROM stale s
+    JOIN events e
+      ON e.stream = %(stream)b::smallint AND e.topic = s.topic AND e.event_id = s.event_id
+    ORDER BY e.topic, e.event_id
     FOR UPDATE OF e
+), later AS (
+    SELECT h.stream_ms AS held_ms, h.stream_seq AS held_seq, b.*
+    FROM first_copies b
+    JOIN held h ON h.topic = b.topic AND h.event_id = b.event_id
+    WHERE (h.stream_ms, h.stream_seq) > (b.stream_ms, b.stream_seq)
 ), moved AS (
     UPDATE events AS e
     SET "timestamp" = l.ts::timestamptz, source = l.source, payload = l.payload::jsonb,
         stream_ms = l.stream_ms, stream_seq = l.stream_seq
     FROM later l
-    -- By key, not by the row's ctid: when `later` waited for a concurrent move, the ctid it
+    -- By key, not by the row's ctid: when `held` waited for a concurrent move, the ctid it
     -- read can be the version that move replaced, which this update would then skip.
     WHERE e.stream = %(stream)b::smallint AND e.topic = l.topic AND e.event_id = l.event_id
       AND (e.stream_ms, e.stream_seq) > (l.stream_ms, l.stream_seq)
@@ -154,10 +180,12 @@ WITH batch AS (
     FROM batch b
     JOIN events e
       ON e.stream = %(stream)b::smallint AND e.topic = b.topic AND e.event_id = b.event_id
-    -- The stored copy as this statement leaves it: moved to this batch's first copy, or not.
+    -- The stored copy as this statement leaves it: moved to this batch's first copy, else the
+    -- latest version where the row is locked, else the snapshot's (see above).
+    LEFT JOIN held h ON h.topic = b.topic AND h.event_id = b.event_id
     LEFT JOIN moved m ON m.topic = b.topic AND m.event_id = b.event_id
-    WHERE (coalesce(m.stream_ms, e.stream_ms), coalesce(m.stream_seq, e.stream_seq))
-          < (b.stream_ms, b.stream_seq)
+    WHERE (coalesce(m.stream_ms, h.stream_ms, e.stream_ms),
+           coalesce(m.stream_seq, h.stream_seq, e.stream_seq)) < (b.stream_ms, b.stream_seq)
       -- Below the floor the ledger is pruned: a copy from there cannot be told from a
       -- redelivery of one counted long ago, and is not counted (SPEC §4's alarm covers how
       -- a first delivery could land there).

@@ -75,6 +75,42 @@ async def test_concurrent_transactions_count_each_key_once_and_each_entry_once(
     assert ledger == settled - set(stored)
 
 
+async def waiting_for_locks(sql: psycopg.Connection[Any], count: int) -> bool:
+    """Whether `count` backends of this database wait for a lock."""
+    await asyncio.sleep(0)
+    row = sql.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                      "AND datname = current_database()").fetchone()
+    return bool(row and row[0] == count)
+
+
+async def test_a_copy_judged_while_another_transaction_moves_the_row_below_it_is_counted(
+        store: Store, sql: psycopg.Connection[Any], database_url: str) -> None:
+    # Three copies of one key, first < second < third. The third is stored; then the first and
+    # the second are settled at once, and the first moves the row while the second's snapshot
+    # still sees the third stored. To make that certain, a third connection holds the row's
+    # lock until both wait for it, the first in line: it moves the row and commits; the second
+    # then reads the row at its new version, below its copy. Judged by its snapshot instead,
+    # its copy was neither moved to (the row is below it) nor a duplicate (the third is above
+    # it), and it was counted nowhere.
+    first, second, third = (entry(position, "k") for position in (1, 2, 3))
+    assert (await store.settle([third])).unique == {third.id}
+    async with await psycopg.AsyncConnection.connect(database_url) as holder:
+        await holder.execute("SELECT 1 FROM events WHERE event_id = 'k' FOR UPDATE")
+        moving = asyncio.create_task(store.settle([first]))
+        await eventually(lambda: waiting_for_locks(sql, 1), what="the first copy waits")
+        judging = asyncio.create_task(store.settle([second]))
+        await eventually(lambda: waiting_for_locks(sql, 2), what="the second copy waits")
+        await holder.rollback()
+        moved, judged = await moving, await judging
+    assert (moved.unique, moved.duplicate) == (frozenset(), {third.id})
+    assert (judged.unique, judged.duplicate) == (frozenset(), {second.id})
+    stats = await store.stats()
+    assert (stats.total("unique_processed"), stats.total("duplicate_dropped")) == (1, 2)
+    assert sql.execute("SELECT stream_ms FROM events").fetchall() == [(1,)]
+    assert sorted(sql.execute("SELECT stream_ms FROM duplicate_entries").fetchall()) == [
+        (2,), (3,)]
+
+
 async def test_three_consumers_store_each_key_once_and_count_every_duplicate(
         settings: Settings, stream: Stream, store: Store, sql: psycopg.Connection[Any]) -> None:
     events = with_duplicates(unique=1400, duplicates=600)
