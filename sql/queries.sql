@@ -134,8 +134,13 @@ WITH batch AS (
                 %(stream_seq)b::bigint[])
          AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
 ), first_copies AS (
+    -- Each key's first copy among the entries not given up on, as insert_unique picks it: a
+    -- late delivery of a dead letter before a live copy must not hide the live one.
     SELECT DISTINCT ON (topic, event_id) *
-    FROM batch
+    FROM batch b
+    WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
+                      WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
+                        AND d.stream_seq = b.stream_seq)
     ORDER BY topic, event_id, stream_ms, stream_seq
 ), stale AS (
     -- The keys stored, as the snapshot saw them, under a later position than the batch's first
@@ -145,9 +150,6 @@ WITH batch AS (
     JOIN events e
       ON e.stream = %(stream)b::smallint AND e.topic = b.topic AND e.event_id = b.event_id
     WHERE (e.stream_ms, e.stream_seq) > (b.stream_ms, b.stream_seq)
-      AND NOT EXISTS (SELECT 1 FROM dead_letters d
-                      WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
-                        AND d.stream_seq = b.stream_seq)
 ), held AS (
     -- Their rows locked, in key order, and read at their latest version: one moved meanwhile
     -- by another transaction is read again once that commits. Matched by key only, so that

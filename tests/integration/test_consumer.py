@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from shared.entries import Entry, StreamId
 from shared.settings import Settings
-from shared.store import Settled, Store
+from shared.store import Failure, Settled, Store
 from shared.stream import Stream
 from tests.helpers import (
     consumer,
@@ -109,6 +109,25 @@ async def test_a_copy_judged_while_another_transaction_moves_the_row_below_it_is
     assert sql.execute("SELECT stream_ms FROM events").fetchall() == [(1,)]
     assert sorted(sql.execute("SELECT stream_ms FROM duplicate_entries").fetchall()) == [
         (2,), (3,)]
+
+
+async def test_a_late_delivery_of_a_dead_letter_does_not_hide_a_live_first_copy(
+        store: Store, sql: psycopg.Connection[Any]) -> None:
+    # Three copies of one key: the first was given up on (a dead letter), the third is stored.
+    # The first comes back (its consumer died after writing the letter, before the ack) in one
+    # batch with the second: the second is the first accepted copy, so the row moves to it and
+    # the third is the duplicate; the first counts nowhere again. When the batch's first copy
+    # was taken before leaving dead letters out, the second was neither stored nor counted.
+    first, second, third = (entry(position, "k") for position in (1, 2, 3))
+    assert await store.dead_letter([Failure(b"1-0", first.id, "store_rejected", "test",
+                                            "auth", "k", b"{}")]) == 1
+    assert (await store.settle([third])).unique == {third.id}
+    settled = await store.settle([first, second])
+    assert (settled.unique, settled.duplicate) == (frozenset(), {third.id})
+    stats = await store.stats()
+    assert (stats.total("unique_processed"), stats.total("duplicate_dropped"),
+            stats.total("dead_lettered")) == (1, 1, 1)
+    assert sql.execute("SELECT stream_ms FROM events").fetchall() == [(2,)]
 
 
 async def test_three_consumers_store_each_key_once_and_count_every_duplicate(
