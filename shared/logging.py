@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,20 +40,63 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """`time level logger: message key=value ...`, one line per record whatever the record
+    holds: messages and values carry client data (topics, event ids, PostgreSQL's error text
+    about them), so control characters are escaped (`printable`) and a value that could pass
+    for more than one value is quoted (`_render`)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        line = printable(self.formatMessage(record))
         extra = _extra(record)
         if extra:
-            line += " " + " ".join(f"{k}={_render(v)}" for k, v in extra.items())
+            line += " " + " ".join(f"{printable(k)}={_render(v)}" for k, v in extra.items())
+        # A traceback keeps its lines, each indented, so that none can pass for a record.
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+            line += "".join(f"\n    {printable(part)}" for part in trace.splitlines())
         return line
 
 
+# What a terminal may act on instead of showing: C0 and C1 controls (escape sequences, carriage
+# returns, new lines), format characters (bidirectional overrides, zero-width joiners) and the
+# Unicode line and paragraph separators.
+_UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp"}
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal could act on written as an escape (`\\x1b`,
+    `\\u202e`), and the backslash doubled, so that an escape cannot be forged either.
+    Printable text, accented letters and other scripts included, is left as it is."""
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case, checked in C
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(char) in _UNPRINTABLE:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+# Characters that would let one value read as several, or as another's quoting.
+_AMBIGUOUS = frozenset(' ="\'\\')
+
+
 def _render(value: Any) -> str:
-    text = str(value)
-    return repr(text) if " " in text or text == "" else text
+    """A value as one token: as it is when that is unambiguous, else double-quoted with `"`
+    escaped (logfmt's convention)."""
+    text = printable(str(value))
+    if text and not any(char in text for char in _AMBIGUOUS):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'
 
 
 def configure(level: str, log_format: str = "auto") -> None:

@@ -17,6 +17,7 @@ import orjson
 
 from shared.clients import TOOL, opened
 from shared.entries import StreamId
+from shared.logging import printable
 from shared.settings import Settings
 from shared.store import DeadLetter, Store
 
@@ -65,8 +66,11 @@ async def _list(settings: Settings, args: argparse.Namespace) -> int:
 
 def _line(letter: DeadLetter) -> str:
     error = letter.last_error.splitlines()[0][:80] if letter.last_error else ""
+    # Topic, event id and error text come from clients: escaped, so that no escape sequence
+    # reaches the terminal and no letter spans two lines.
     return (f"{letter.position}  {letter.status:<8} {letter.reason:<14} "
-            f"deliveries={letter.deliveries}  {letter.topic}/{letter.event_id}  {error}")
+            f"deliveries={letter.deliveries}  {printable(str(letter.topic))}/"
+            f"{printable(str(letter.event_id))}  {printable(error)}")
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:

@@ -40,7 +40,39 @@ def test_a_json_line_holds_the_exception_of_a_failure() -> None:
 
 def test_a_text_line_reads_as_key_value_pairs_after_the_message() -> None:
     text = TextFormatter().format(record(action="batch_settled", unique=12, note="two words"))
-    assert text.endswith("batch settled action=batch_settled unique=12 note='two words'")
+    assert text.endswith('batch settled action=batch_settled unique=12 note="two words"')
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("plain", "plain"),
+    ("ünïcødé 漢字", '"ünïcødé 漢字"'),
+    ("", '""'),
+    ("x level=ERROR", '"x level=ERROR"'),
+    ('say "hi"', '"say \\"hi\\""'),
+    ("line\n2026-11-26 ERROR forged", '"line\\x0a2026-11-26 ERROR forged"'),
+    ("\x1b[2J\x1b]0;title\x07", '"\\x1b[2J\\x1b]0;title\\x07"'),
+    ("abc\u202edcba", '"abc\\u202edcba"'),
+    ("a\\x1b", '"a\\\\x1b"'),
+])
+def test_a_text_line_escapes_what_a_terminal_acts_on_and_quotes_what_is_ambiguous(
+        value: str, shown: str) -> None:
+    """Values and messages carry client data: one record stays one line, writes no escape
+    sequence, and each value stays one token (an escape cannot be forged: `\\` is doubled)."""
+    text = TextFormatter().format(record(action="probe", value=value))
+    assert text.endswith(f" action=probe value={shown}")
+    assert "\n" not in text and "\x1b" not in text and "\u202e" not in text
+
+
+def test_a_text_line_escapes_the_message_and_indents_each_line_of_a_traceback() -> None:
+    try:
+        raise ValueError("bad key\nFAKE 2026 INFO forged line")
+    except ValueError:
+        failed = logging.LogRecord("t", logging.ERROR, __file__, 1, "refused %s", ("a\rb",),
+                                   sys.exc_info())
+    lines = TextFormatter().format(failed).split("\n")
+    assert lines[0].endswith("ERROR t: refused a\\x0db")
+    assert lines[1:] and all(line.startswith("    ") for line in lines[1:])
+    assert lines[-2:] == ["    ValueError: bad key", "    FAKE 2026 INFO forged line"]
 
 
 @pytest.mark.parametrize(("log_format", "is_json"), [("json", True), ("text", False),
