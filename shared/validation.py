@@ -13,7 +13,7 @@ hold it), a timestamp whose offset PostgreSQL can represent and whose UTC time f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -53,33 +53,43 @@ def _validator(schema_file: Path = SCHEMA_FILE) -> Draft202012Validator:
 
 
 MAX_DEPTH = 100  # levels of nesting in a payload
+# Problems a 422 lists: the first ones, in event order, and how many there are in all. A client
+# fixes those and sends again; the answer stays small whatever it sent.
+MAX_DETAILS = 100
 MAX_OFFSET = timedelta(hours=15, minutes=59, seconds=59)  # PostgreSQL's limit on a UTC offset
 NUL = "\x00"
 
 
 def problems(events: list[Any]) -> list[Problem]:
     """Every problem of every event, in event order; empty when all of them are valid."""
+    return list(iter_problems(events))
+
+
+def iter_problems(events: list[Any]) -> Iterator[Problem]:
+    """The problems of `problems`, one at a time: a caller that lists only the first few pays
+    for the rest only as much as counting them costs (an event of 250,000 unknown fields is
+    250,000 problems)."""
     fast_check = _fast_check()
     try:
         for event in events:
             fast_check(event)
     except JsonSchemaValueException:
-        return _every_problem(events)
-    return [{"index": index, "path": path, "message": message}
-            for index, event in enumerate(events) for path, message in _storable(event)]
+        yield from _every_problem(events)
+        return
+    for index, event in enumerate(events):
+        for path, message in _storable(event):
+            yield {"index": index, "path": path, "message": message}
 
 
-def _every_problem(events: list[Any]) -> list[Problem]:
+def _every_problem(events: list[Any]) -> Iterator[Problem]:
     validator = _validator()
-    found: list[Problem] = []
     for index, event in enumerate(events):
         errors = sorted(validator.iter_errors(event), key=lambda e: list(e.absolute_path))
         for error in errors:
-            found.extend(_problems(index, error))
+            yield from _problems(index, error)
         if isinstance(event, dict):
-            found.extend({"index": index, "path": path, "message": message}
-                         for path, message in _storable(event))
-    return found
+            for path, message in _storable(event):
+                yield {"index": index, "path": path, "message": message}
 
 
 def _storable(event: dict[str, Any]) -> list[tuple[str, str]]:
@@ -158,24 +168,24 @@ def _payload(value: Any, parts: list[str], depth: int) -> list[tuple[str, str]]:
     return []
 
 
-def _problems(index: int, error: ValidationError) -> list[Problem]:
+def _problems(index: int, error: ValidationError) -> Iterator[Problem]:
     parts = [str(p) for p in error.absolute_path]
     # `required` and `additionalProperties` fail on the object itself: point at the field instead,
     # one problem per field, so a client can fix them all in one go.
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = error.schema.get("properties", {})
-        return [
-            {"index": index, "path": _pointer([*parts, name]),
-             "message": f"unknown field {name!r} is not allowed"}
-            for name in error.instance
-            if name not in allowed
-        ]
+        for name in error.instance:
+            if name not in allowed:
+                yield {"index": index, "path": _pointer([*parts, name]),
+                       "message": f"unknown field {name!r} is not allowed"}
+        return
     if error.validator == "required" and isinstance(error.instance, dict):
         for name in error.validator_value:
             if name not in error.instance and repr(name) in error.message:
-                return [{"index": index, "path": _pointer([*parts, name]),
-                         "message": error.message}]
-    return [{"index": index, "path": _pointer(parts), "message": error.message}]
+                yield {"index": index, "path": _pointer([*parts, name]),
+                       "message": error.message}
+                return
+    yield {"index": index, "path": _pointer(parts), "message": error.message}
 
 
 def _pointer(parts: list[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import itertools
 from typing import Any
 
@@ -17,6 +18,7 @@ from services.consumer.loop import Consumer
 from services.ingest.app import create_app
 from services.stack.servers import free_port
 from shared import store as store_module
+from shared import validation
 from shared.constants import EVENT_FIELD, received_key
 from shared.settings import Settings
 from shared.store import Store
@@ -155,6 +157,26 @@ async def test_a_schema_violation_is_a_422_naming_each_bad_event_and_field(
     assert [(p["index"], p["path"]) for p in problems] == [
         (1, "/timestamp"), (2, "/payload"), (3, "/extra")]
     assert all(p["message"] for p in problems)
+    assert await nothing_enqueued(redis, settings)
+
+
+async def test_a_422_lists_the_first_problems_and_counts_them_all_whatever_the_body_holds(
+        client: Client, redis: Redis, settings: Settings) -> None:
+    """An event with 250,000 unknown fields (2.9 MB of JSON) is 250,000 problems: the answer
+    lists the first MAX_DETAILS and says how many there are; it was 20 MB."""
+    hostile = event("wide") | {f"f{i}": 0 for i in range(250_000)}
+    body = io.BytesIO(orjson.dumps([event("ok"), hostile, event("bad", timestamp="yesterday")]))
+    answer = await client.post("/publish", data=body,
+                               headers={"Content-Type": "application/json"})
+    assert answer.status == 422
+    raw = await answer.read()
+    assert len(raw) < 20_000
+    problems = (await answer.json())["details"]
+    assert len(problems) == validation.MAX_DETAILS
+    assert [(p["index"], p["path"]) for p in problems[:2]] == [(1, "/f0"), (1, "/f1")]
+    message = (await answer.json())["message"]
+    assert message == ("2 of 3 events failed validation, 250001 problem(s); the first 100 are "
+                       "listed; none was accepted")
     assert await nothing_enqueued(redis, settings)
 
 
