@@ -28,6 +28,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import psycopg
@@ -174,17 +175,24 @@ def _identify(path: Path, *, package: str | None = None, reason: str = "") -> Bi
     """Ask the binary what it is: `Redis server v=7.0.15 ...`, `Valkey server v=9.1.2 ...`,
     `postgres (PostgreSQL) 15.20 (Debian ...)`."""
     binary = path / "postgres" if path.is_dir() else path
-    try:
-        answer = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                                timeout=30, check=False).stdout
-    except OSError as error:
-        raise ServerNotInstalled(f"{binary} does not run: {error}") from error
+    answer = _version_answer(binary)
     match = (re.match(r"(\w+) server v=(\S+)", answer)
              or re.match(r"postgres \((PostgreSQL)\) (\d+(?:\.\d+)*)", answer))
     if match is None:
         raise ServerNotInstalled(f"{binary} --version answered {answer.strip()!r}, which is "
                                  f"neither Redis, Valkey nor PostgreSQL")
     return Binaries(match[1], match[2], path, package, reason)
+
+
+@cache
+def _version_answer(binary: Path) -> str:
+    """What `binary --version` prints, asked once per process: every RedisServer and
+    PostgresServer looks its binaries up (a test session makes dozens)."""
+    try:
+        return subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                              timeout=30, check=False).stdout
+    except OSError as error:
+        raise ServerNotInstalled(f"{binary} does not run: {error}") from error
 
 
 def describe(redis_binaries: Binaries, postgres_binaries: Binaries) -> str:
