@@ -15,6 +15,7 @@ from services.bench import __main__ as bench
 from services.consumer import __main__ as consumer
 from services.dlq import __main__ as dlq
 from services.ingest import __main__ as ingest
+from services.keys import __main__ as keys
 from services.migrate import __main__ as migrate
 from services.publisher import __main__ as publisher
 from services.stack import local
@@ -42,6 +43,7 @@ COMMANDS: list[tuple[str, str, AddArguments, Run]] = [
     ("publish", "send simulated events, duplicates included", publisher.add_arguments,
      publisher.run),
     ("dlq", "list dead letters, or replay them", dlq.add_arguments, dlq.run),
+    ("keys", "create, list or revoke API keys", keys.add_arguments, keys.run),
     ("alarms", "list standing alarms (exit 1 if any), or clear one", alarms.add_arguments,
      alarms.run),
     ("bench", "measure throughput and latency against ceilings from the same run",

@@ -21,3 +21,8 @@ def mark_key(stream_key: str) -> str:
     """The broker's copy of the history mark (services/consumer/invariants.py): a number the
     store also records, once Redis has acknowledged it, and that only grows."""
     return f"{stream_key}:mark"
+
+
+def bucket_key(stream_key: str, key_id: int) -> str:
+    """The token bucket of an API key's rate limit (shared/lua/take_tokens.lua)."""
+    return f"{stream_key}:rate:{key_id}"

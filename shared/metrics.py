@@ -66,3 +66,11 @@ def record_alarms(alarms: list[Alarm]) -> None:
     standing = {alarm.kind for alarm in alarms}
     for kind in KINDS:
         ALARM.labels(kind=kind).set(1 if kind in standing else 0)
+
+# API keys (services/ingest/auth.py)
+KEYS_AGE = Gauge(
+    "logagg_keys_age_seconds",
+    "Time since this ingest last read the API keys; over a second means a revoked key may "
+    "still work here (PostgreSQL unreachable).")
+AUTH_REFUSED = Counter(
+    "logagg_auth_refused_total", "Requests refused for their key.", ["status"])

@@ -50,6 +50,13 @@ class Settings:
     # What one read may bring into a consumer, in event bytes (see `read_count`). 128 MiB
     # keeps BATCH_SIZE (500) entries per read at the default MAX_EVENT_BYTES.
     batch_bytes: int = 128 * 1024 * 1024
+    # Keys (SPEC §3a). AUTH=off only on a trusted network: no key is asked for.
+    auth: str = "on"
+    # The key logagg's own clients send (`logagg publish`, `bench`, k6): `Bearer API_KEY`.
+    api_key: str = ""
+    # How often each ingest looks for created or revoked keys: a revoked key stops working on
+    # every ingest within this, plus a query's time.
+    keys_refresh_ms: int = 500
 
     @property
     def read_count(self) -> int:
@@ -117,6 +124,12 @@ class Settings:
                 f"BATCH_BYTES must be at most {MAX_BATCH_BYTES_LIMIT} (512 MiB), got "
                 f"{self.batch_bytes}: a batch is settled by one statement, and PostgreSQL "
                 f"refuses a message of 1 GiB or more")
+        if self.auth not in {"on", "off"}:
+            raise ConfigurationError(f"AUTH must be on or off, got {self.auth!r}")
+        if not 50 <= self.keys_refresh_ms <= 1000:
+            raise ConfigurationError(f"KEYS_REFRESH_MS must be 50 to 1000 (a revoked key must "
+                                     f"stop working within a second), got "
+                                     f"{self.keys_refresh_ms}")
         if self.log_format not in {"auto", "json", "text"}:
             raise ConfigurationError(
                 f"LOG_FORMAT must be auto, json or text, got {self.log_format!r}")

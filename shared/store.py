@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from shared.entries import Entry, StreamId, Unreadable
+from shared.keys import PUBLIC_CHARS, ApiKey, digest
 from shared.sql import queries
 from shared.store_errors import translated
 
@@ -313,6 +314,37 @@ class Store:
                 cursor = await conn.execute(self._sql["clear_alarm"],
                                             {"stream": stream, "kind": kind})
                 return cursor.rowcount > 0
+
+    async def create_key(self, key: str, *, name: str, scopes: Sequence[str],
+                         topics: Sequence[str] | None = None, source: str | None = None,
+                         rate: float | None = None, burst: float | None = None
+                         ) -> tuple[ApiKey, bool]:
+        """Store the digest of `key` under `name`; `(the key, True)` when it is new, or the key
+        already stored with that digest and False."""
+        row = await self._one("create_key", {
+            "name": name, "prefix": key[:PUBLIC_CHARS], "digest": digest(key),
+            "scopes": list(scopes), "topics": None if topics is None else list(topics),
+            "source": source, "rate": rate, "burst": burst})
+        if row is not None:
+            return ApiKey.of_row(row), True
+        existing = await self._one("key_by_digest", {"digest": digest(key)})
+        assert existing is not None  # digests are never deleted
+        return ApiKey.of_row(existing), False
+
+    async def keys(self, *, live_only: bool = False) -> list[ApiKey]:
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql["live_keys" if live_only else "all_keys"])
+                return [ApiKey.of_row(row) for row in await cursor.fetchall()]
+
+    async def keys_version(self) -> int:
+        """A number every change to the keys raises (see `keys_version` in sql/queries.sql)."""
+        row = await self._one("keys_version", {})
+        return int(row[0]) if row else 0
+
+    async def revoke_key(self, key_id: int) -> bool:
+        """Revoke a key; False when no live key has that id."""
+        return await self._one("revoke_key", {"id": key_id}) is not None
 
     async def _one(self, query: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         with translated():

@@ -329,3 +329,36 @@ WHERE stream = %(stream)s AND topic = %(topic)s
   AND (stream_ms, stream_seq) < (%(below_ms)s, %(below_seq)s)
 ORDER BY stream_ms, stream_seq
 LIMIT %(limit)s;
+
+-- name: create_key
+INSERT INTO api_keys (name, prefix, digest, scopes, topics, source, rate, burst)
+VALUES (%(name)s, %(prefix)s, %(digest)s, %(scopes)s, %(topics)s, %(source)s, %(rate)s,
+        %(burst)s)
+ON CONFLICT ON CONSTRAINT api_keys_digest_key DO NOTHING
+RETURNING id, name, prefix, digest, scopes, topics, source, rate, burst, created_at,
+          revoked_at;
+
+-- name: key_by_digest
+SELECT id, name, prefix, digest, scopes, topics, source, rate, burst, created_at, revoked_at
+FROM api_keys
+WHERE digest = %(digest)s;
+
+-- name: all_keys
+SELECT id, name, prefix, digest, scopes, topics, source, rate, burst, created_at, revoked_at
+FROM api_keys
+ORDER BY id;
+
+-- name: live_keys
+SELECT id, name, prefix, digest, scopes, topics, source, rate, burst, created_at, revoked_at
+FROM api_keys
+WHERE revoked_at IS NULL;
+
+-- name: keys_version
+-- Every committed change raises this sum (it takes a new, larger version), so an ingest that
+-- saw the same sum before holds every key as it stands.
+SELECT coalesce(sum(version), 0)::numeric FROM api_keys;
+
+-- name: revoke_key
+UPDATE api_keys SET revoked_at = now(), version = nextval('api_key_versions')
+WHERE id = %(id)s AND revoked_at IS NULL
+RETURNING id;

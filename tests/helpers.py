@@ -16,11 +16,36 @@ from typing import Any
 
 import orjson
 import psycopg
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 from services.consumer.loop import Consumer, decode
+from services.ingest.app import create_app
+from shared.constants import received_key
+from shared.keys import new_secret
 from shared.settings import Settings
 from shared.store import Settled, Store
 from shared.stream import RawEntry, Stream
+
+# The tests' own key, with every scope: created in every test database (the integration
+# template, each local stack), and sent by `api_client`.
+ADMIN_KEY = new_secret()
+
+
+def bearer(key: str = ADMIN_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def api_client(settings: Settings, key: str | None = ADMIN_KEY) -> TestClient[Any, Any]:
+    """A test client of a fresh ingest app, sending `key` (None: no key) on every request."""
+    return TestClient(TestServer(create_app(settings)), headers=bearer(key) if key else {})
+
+
+async def nothing_enqueued(redis: Redis, settings: Settings) -> bool:
+    """Whether no event reached the stream, nor its `received` counter."""
+    return (await redis.exists(settings.stream_key) == 0 or
+            await redis.xlen(settings.stream_key) == 0) and \
+        await redis.get(received_key(settings.stream_key)) is None
 
 
 def event(event_id: str = "e-1", topic: str = "auth", **fields: Any) -> dict[str, Any]:

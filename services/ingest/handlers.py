@@ -17,9 +17,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.ingest.auth import API_KEY, check_events, rate_limited
 from services.ingest.bodies import read_events
 from services.ingest.errors import ApiError, json_dumps
-from services.ingest.keys import BACKLOG, SETTINGS, STARTED, STORE, STREAM
+from services.ingest.keys import BACKLOG, RATE_LIMITS, SETTINGS, STARTED, STORE, STREAM
 from shared import cursor, snapshot
 from shared.exceptions import BrokerUnavailable, InvalidCursor, StoreUnavailable, Unavailable
 from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS, record_alarms, record_group_state
@@ -38,11 +39,23 @@ def _json(body: Any, status: int = 200) -> web.Response:
 async def publish(request: web.Request) -> web.Response:
     """Parse the request into valid events, then append them all, or none."""
     started = time.perf_counter()
-    events = await read_events(request, request.app[SETTINGS])
-    await append(request.app, events)
-    EVENTS_ACCEPTED.inc(len(events))
+    batch = await read_events(request, request.app[SETTINGS])
+    await admit(request, batch.events)
+    await append(request.app, batch.serialized)
+    EVENTS_ACCEPTED.inc(len(batch.events))
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
-    return _json({"accepted": len(events)}, status=202)
+    return _json({"accepted": len(batch.events)}, status=202)
+
+
+async def admit(request: web.Request, events: list[dict[str, Any]]) -> None:
+    """Whether the request's key may publish these valid events: 403 for one outside its
+    topics or source, 429 over its rate (SPEC §3a). Nothing is enqueued either way."""
+    check_events(request, events)
+    key = request.get(API_KEY)
+    if key is not None:
+        wait_s = await request.app[RATE_LIMITS].wait_for(key, len(events))
+        if wait_s:
+            raise rate_limited(wait_s)
 
 
 async def append(app: web.Application, events: list[bytes]) -> None:

@@ -13,29 +13,33 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 
 from services.ingest import handlers
+from services.ingest.auth import requires
 from services.ingest.errors import ApiError
 from services.ingest.middlewares import expect_handler
+from shared.keys import PUBLISH, READ
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("POST", "/publish", handlers.publish),
-    ("GET", "/events", handlers.list_events),
-    ("GET", "/stats", handlers.stats),
-    ("GET", "/healthz", handlers.healthz),
-    ("GET", "/readyz", handlers.readyz),
-    ("GET", "/metrics", handlers.metrics),
-    ("GET", "/openapi.json", handlers.openapi),
-    ("GET", "/docs", handlers.page("docs.html")),
-    ("GET", "/", handlers.page("dashboard.html")),
+# Method, path, the scope a key needs (None: open to all, SPEC §3a), handler.
+ROUTES: list[tuple[str, str, str | None, Handler]] = [
+    ("POST", "/publish", PUBLISH, handlers.publish),
+    ("GET", "/events", READ, handlers.list_events),
+    ("GET", "/stats", READ, handlers.stats),
+    ("GET", "/metrics", READ, handlers.metrics),
+    ("GET", "/healthz", None, handlers.healthz),
+    ("GET", "/readyz", None, handlers.readyz),
+    ("GET", "/openapi.json", None, handlers.openapi),
+    ("GET", "/docs", None, handlers.page("docs.html")),
+    ("GET", "/", None, handlers.page("dashboard.html")),
 ]
 
 
 def setup_routes(app: web.Application) -> None:
     router = app.router
-    for method, path, handler in ROUTES:
+    for method, path, scope, handler in ROUTES:
         add = router.add_get if method == "GET" else router.add_post
-        add(path, handler, expect_handler=expect_handler)
+        add(path, handler if scope is None else requires(scope, handler),
+            expect_handler=expect_handler)
         allowed = {"GET", "HEAD"} if method == "GET" else {method}
         router.add_route(hdrs.METH_ANY, path, _method_not_allowed(allowed),
                          expect_handler=expect_handler)

@@ -3,29 +3,35 @@ database (cloned from a migrated template) and a fresh stream key, so tests shar
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from services.ingest.app import create_app
+from services.keys import __main__ as keys
 from services.stack.servers import PostgresServer, RedisServer
 from shared.clients import Clients, Role, opened
 from shared.migrations import migrate
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
+from tests.helpers import ADMIN_KEY, api_client
 
 TEMPLATE = "logagg_template"
 
 
 @pytest.fixture(scope="session")
 def template_database(postgres_server: PostgresServer) -> str:
-    migrate(postgres_server.url(TEMPLATE))
+    """Migrated, and holding the tests' ADMIN_KEY, so every test database starts with both."""
+    url = postgres_server.url(TEMPLATE)
+    migrate(url)
+    asyncio.run(keys.create(Settings.from_env({}, database_url=url), "tests",
+                            scopes=["admin"], secret=ADMIN_KEY))
     return TEMPLATE
 
 
@@ -73,7 +79,7 @@ def store(clients: Clients) -> Store:
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with api_client(settings) as client:
         yield client
 
 

@@ -6,14 +6,13 @@ import dataclasses
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from services.ingest.app import create_app
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event, eventually, run_until_drained
+from tests.helpers import api_client, event, eventually, run_until_drained
 
 
 async def post(client: TestClient[Any, Any], count: int, prefix: str) -> Any:
@@ -24,7 +23,7 @@ async def post(client: TestClient[Any, Any], count: int, prefix: str) -> Any:
 async def test_ingest_answers_503_while_the_backlog_is_over_its_limit_then_accepts_again(
         settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
     limited = dataclasses.replace(settings, max_backlog=10)
-    async with TestClient(TestServer(create_app(limited))) as client:
+    async with api_client(limited) as client:
         assert (await post(client, 8, "a")).status == 202
         refused = await post(client, 3, "b")
         assert refused.status == 503
@@ -44,7 +43,7 @@ async def test_ingest_answers_503_while_the_backlog_is_over_its_limit_then_accep
 
 async def test_no_limit_when_max_backlog_is_zero(settings: Settings, redis: Redis) -> None:
     unlimited = dataclasses.replace(settings, max_backlog=0)
-    async with TestClient(TestServer(create_app(unlimited))) as client:
+    async with api_client(unlimited) as client:
         for batch in range(3):
             assert (await post(client, 500, f"{batch}-")).status == 202
     assert await redis.xlen(settings.stream_key) == 1500

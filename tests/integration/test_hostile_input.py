@@ -47,11 +47,13 @@ from redis import Redis as SyncRedis
 
 from services.consumer.loop import Consumer
 from services.ingest.app import create_app
-from services.ingest.keys import SETTINGS, STORE, STREAM
+from services.ingest.keys import KEYRING, SETTINGS, STORE, STREAM
+from services.keys import __main__ as keys
 from shared import cursor
 from shared.constants import received_key
 from shared.entries import StreamId
 from shared.settings import Settings
+from tests.helpers import ADMIN_KEY
 
 # Small limits, so that 413s (body size and batch length) are reached by cheap examples.
 MAX_BODY_BYTES = 16 * 1024
@@ -177,13 +179,16 @@ class Ingest:
              body: bytes | None = None, chunked: bool = False, host: bytes | None = None
              ) -> Answer:
         """One request on a fresh connection, exactly as given: no header is added but Host
-        (unless `host` replaces it) and the body's framing (Content-Length or chunked)."""
+        (unless `host` replaces it), the body's framing (Content-Length or chunked), and the
+        tests' ADMIN_KEY unless the request carries an `Authorization` of its own."""
         connection = http.client.HTTPConnection("127.0.0.1", self.live.port, timeout=60)
         try:
             connection.putrequest(method, target, skip_host=host is not None,
                                   skip_accept_encoding=True)
             if host is not None:
                 connection.putheader("Host", host)
+            if not any(name.lower() == "authorization" for name, _ in headers):
+                connection.putheader("Authorization", f"Bearer {ADMIN_KEY}")
             for name, value in headers:
                 connection.putheader(name, value)
             if body is None:
@@ -918,3 +923,68 @@ def test_no_expect_header_produces_a_5xx_or_an_error_that_is_not_json(
     body = encode(EXAMPLE_EVENT) if method == "POST" else None
     ingest.exchange(method, path, body=body, headers=[
         ("Content-Type", b"application/json"), ("Expect", expect)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys (SPEC §3a): whatever a client sends as its credential, and whatever a limited key's
+# batch holds, no 5xx; only a live key passes, and a batch passes whole or not at all.
+
+credentials = st.one_of(
+    field_values,
+    st.sampled_from([b"Bearer", b"Bearer ", b"bearer " + ADMIN_KEY.encode(),
+                     b"Bearer " + ADMIN_KEY.encode(), b"Bearer  " + ADMIN_KEY.encode(),
+                     b"Bearer " + ADMIN_KEY[:-1].encode(), b"Basic " + ADMIN_KEY.encode()]),
+    field_values.map(lambda raw: b"Bearer " + raw),
+    field_values.map(lambda raw: b"Bearer " + ADMIN_KEY.encode() + raw))
+
+
+@examples
+@given(credential=credentials,
+       path=st.sampled_from(["/publish", "/events", "/stats", "/metrics"]))
+def test_no_credential_produces_a_5xx_and_only_a_live_key_passes(
+        ingest: Ingest, credential: bytes, path: str) -> None:
+    body = encode(EXAMPLE_EVENT) if path == "/publish" else None
+    answer = ingest.exchange("POST" if body else "GET", path, body=body, headers=[
+        ("Content-Type", b"application/json"), ("Authorization", credential)])
+    scheme, _, secret = credential.decode("latin-1").partition(" ")
+    presents_the_key = scheme.lower() == "bearer" and secret.strip(" \t") == ADMIN_KEY
+    assert (answer.status < 400) == presents_the_key, answer.describe()
+    if not presents_the_key:
+        assert answer.status == 401, answer.describe()
+
+
+LIMITED_TOPICS = ["auth", "app.*"]
+LIMITED_SOURCE = "svc-bound"
+
+
+@pytest.fixture
+def limited_key(ingest: Ingest) -> str:
+    """A publish key limited to LIMITED_TOPICS and bound to LIMITED_SOURCE, already held by
+    the live app."""
+    made = asyncio.run(keys.create(ingest.settings, "limited", scopes=["publish"],
+                                   topics=LIMITED_TOPICS, source=LIMITED_SOURCE))
+
+    async def refresh(app: web.Application) -> None:
+        ring = app[KEYRING]
+        assert ring is not None
+        await ring.refresh()
+
+    ingest.live.call(refresh)
+    return made.secret
+
+
+@examples
+@given(events=st.lists(
+    st.tuples(valid_events,
+              st.sampled_from(["auth", "app.web", "app.", "app", "auth2", "billing"]),
+              st.sampled_from([LIMITED_SOURCE, "svc-other", LIMITED_SOURCE + " "])),
+    min_size=1, max_size=MAX_BATCH_EVENTS))
+def test_a_limited_key_publishes_a_batch_only_when_every_event_is_within_its_limits(
+        ingest: Ingest, limited_key: str, events: list[tuple[dict[str, Any], str, str]]) -> None:
+    batch = [{**event, "topic": topic, "source": source} for event, topic, source in events]
+    answer = ingest.exchange("POST", "/publish", body=encode(batch), headers=[
+        ("Content-Type", b"application/json"),
+        ("Authorization", f"Bearer {limited_key}".encode())])
+    within = all((e["topic"] == "auth" or e["topic"].startswith("app."))
+                 and e["source"] == LIMITED_SOURCE for e in batch)
+    assert answer.status == (202 if within else 403), answer.describe()

@@ -11,11 +11,10 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from services.consumer.loop import Consumer
-from services.ingest.app import create_app
 from services.stack.servers import free_port
 from shared import store as store_module
 from shared import validation
@@ -23,7 +22,13 @@ from shared.constants import EVENT_FIELD, received_key
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event, eventually, settle_like_a_consumer
+from tests.helpers import (
+    api_client,
+    event,
+    eventually,
+    nothing_enqueued,
+    settle_like_a_consumer,
+)
 
 Client = TestClient[Any, Any]
 
@@ -31,12 +36,6 @@ Client = TestClient[Any, Any]
 async def post(client: Client, body: Any, **kwargs: Any) -> Any:
     return await client.post("/publish", data=orjson.dumps(body),
                              headers={"Content-Type": "application/json"}, **kwargs)
-
-
-async def nothing_enqueued(redis: Redis, settings: Settings) -> bool:
-    return (await redis.exists(settings.stream_key) == 0 or
-            await redis.xlen(settings.stream_key) == 0) and \
-        await redis.get(received_key(settings.stream_key)) is None
 
 
 @pytest.mark.parametrize("body", [
@@ -91,7 +90,7 @@ async def test_a_body_that_is_not_json_is_a_415(
 async def test_more_events_than_max_batch_events_is_a_413_that_enqueues_nothing(
         settings: Settings, redis: Redis) -> None:
     small = dataclasses.replace(settings, max_batch_events=3)
-    async with TestClient(TestServer(create_app(small))) as client:
+    async with api_client(small) as client:
         answer = await post(client, [event(str(i)) for i in range(4)])
         assert answer.status == 413
         assert (await answer.json())["error"] == "too_many_events"
@@ -102,7 +101,7 @@ async def test_more_events_than_max_batch_events_is_a_413_that_enqueues_nothing(
 async def test_a_body_over_max_body_bytes_is_a_413(settings: Settings, redis: Redis) -> None:
     small = dataclasses.replace(settings, max_body_bytes=1000)
     big = event(payload={"blob": "x" * 2000})
-    async with TestClient(TestServer(create_app(small))) as client:
+    async with api_client(small) as client:
         answer = await post(client, big)
         assert answer.status == 413
         assert (await answer.json())["error"] == "body_too_large"
@@ -127,7 +126,7 @@ async def test_an_event_over_max_event_bytes_is_a_413_naming_it_that_enqueues_no
     small = dataclasses.replace(settings, max_event_bytes=limit)
     body = [sized("fits", limit), sized("over", limit + 1), event("tiny"),
             sized("far-over", 3 * limit)]
-    async with TestClient(TestServer(create_app(small))) as client:
+    async with api_client(small) as client:
         answer = await post(client, body)
         refusal = await answer.json()
         assert answer.status == 413
@@ -183,7 +182,7 @@ async def test_a_422_lists_the_first_problems_and_counts_them_all_whatever_the_b
 async def test_publish_answers_503_with_retry_after_when_redis_is_unreachable(
         settings: Settings) -> None:
     down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    async with TestClient(TestServer(create_app(down))) as client:
+    async with api_client(down) as client:
         answer = await post(client, event())
         assert answer.status == 503
         assert answer.headers["Retry-After"] == "1"
@@ -329,7 +328,7 @@ async def test_healthz_readyz_and_metrics_answer_200(client: Client) -> None:
 async def test_readyz_is_503_when_postgresql_is_unreachable(settings: Settings) -> None:
     down = dataclasses.replace(
         settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/logagg")
-    async with TestClient(TestServer(create_app(down))) as client:
+    async with api_client(down) as client:
         answer = await client.get("/readyz")
         body = await answer.json()
         assert answer.status == 503

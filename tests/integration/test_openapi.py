@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry
@@ -30,7 +30,7 @@ from shared.paths import OPENAPI_FILE, SCHEMA_FILE, STATIC_DIR
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import event, settle_like_a_consumer
+from tests.helpers import api_client, event, settle_like_a_consumer
 
 Client = TestClient[Any, Any]
 
@@ -128,8 +128,11 @@ def redis_down(settings: Settings) -> Settings:
 
 
 def postgres_down(settings: Settings) -> Settings:
+    """An ingest started while PostgreSQL is down. Without keys: one that never read them
+    answers 503 `keys_unavailable` (its own scenario); these show the rest of the outage."""
     return dataclasses.replace(
-        settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/logagg")
+        settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/logagg",
+        auth="off")
 
 
 def both_down(settings: Settings) -> Settings:
@@ -318,7 +321,7 @@ async def app_of(scenario: Scenario, client: Client, settings: Settings) -> Asyn
     if scenario.variant is None:
         yield client
         return
-    async with TestClient(TestServer(create_app(scenario.variant(settings)))) as other:
+    async with api_client(scenario.variant(settings)) as other:
         yield other
 
 

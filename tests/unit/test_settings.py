@@ -30,6 +30,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "max_body_bytes": 5242880,
     "max_event_bytes": 262144,  # the SPEC leaves it to us, at most 1 MiB
     "log_level": "INFO",
+    "auth": "on",
 }
 # Settings the issues added beyond the SPEC table, with their documented defaults.
 EXTRA_DEFAULTS: dict[str, Any] = {
@@ -37,6 +38,8 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "consumer_gone_ms": 3_600_000,
     "log_format": "auto",
     "batch_bytes": 134217728,
+    "api_key": "",
+    "keys_refresh_ms": 500,
 }
 DEFAULTS = {**SPEC_DEFAULTS, **EXTRA_DEFAULTS}
 
@@ -67,6 +70,9 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "consumer_gone_ms": ("60000", 60000),
     "log_format": ("json", "json"),
     "batch_bytes": ("33554432", 33554432),
+    "auth": ("off", "off"),
+    "api_key": ("lgk_" + "k" * 43, "lgk_" + "k" * 43),
+    "keys_refresh_ms": ("100", 100),
 }
 
 
@@ -169,7 +175,7 @@ def test_a_keyword_override_wins_over_the_environment(name: str) -> None:
     raw, parsed = OTHER_VALUES[name]
     override = f"{parsed}-override" if isinstance(parsed, str) else parsed + 1
     # Fields that take one of a few words get another valid word.
-    override = {"log_level": "ERROR", "log_format": "text"}.get(name, override)
+    override = {"log_level": "ERROR", "log_format": "text", "auth": "on"}.get(name, override)
     settings = Settings.from_env({name.upper(): raw}, **{name: override})
     assert getattr(settings, name) == override
 
