@@ -97,16 +97,23 @@ def requires(scope: str, handler: Handler) -> Handler:
     """`handler`, run only for a key with `scope` (any request when AUTH=off); the key is
     then `request[API_KEY]`, for the checks that need the request's content."""
     async def guarded(request: web.Request) -> web.StreamResponse:
-        ring = request.app[KEYRING]  # None: AUTH=off
-        if ring is not None:
-            key = ring.authenticate(request.headers.get(hdrs.AUTHORIZATION))
-            if not key.may(scope):
-                raise forbidden(f"this key lacks the {scope!r} scope "
-                                f"(it has {', '.join(key.scopes)})")
+        key = authorized(request, scope)
+        if key is not None:
             request[API_KEY] = key
         return await handler(request)
 
     return guarded
+
+
+def authorized(request: web.Request, scope: str) -> ApiKey | None:
+    """The request's key if it has `scope` (None when AUTH=off), else a 401 or 403."""
+    ring = request.app[KEYRING]  # None: AUTH=off
+    if ring is None:
+        return None
+    key = ring.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+    if not key.may(scope):
+        raise forbidden(f"this key lacks the {scope!r} scope (it has {', '.join(key.scopes)})")
+    return key
 
 
 def forbidden(message: str, details: Sequence[dict[str, Any]] = ()) -> ApiError:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 
 from services.ingest import handlers
-from services.ingest.auth import requires
+from services.ingest.auth import authorized, requires
 from services.ingest.errors import ApiError
 from services.ingest.middlewares import expect_handler
 from shared.keys import PUBLISH, READ
@@ -38,12 +38,28 @@ def setup_routes(app: web.Application) -> None:
     router = app.router
     for method, path, scope, handler in ROUTES:
         add = router.add_get if method == "GET" else router.add_post
-        add(path, handler if scope is None else requires(scope, handler),
-            expect_handler=expect_handler)
+        if scope is None:
+            add(path, handler, expect_handler=expect_handler)
+        else:
+            add(path, requires(scope, handler), expect_handler=keyed_expect_handler(scope))
         allowed = {"GET", "HEAD"} if method == "GET" else {method}
         router.add_route(hdrs.METH_ANY, path, _method_not_allowed(allowed),
                          expect_handler=expect_handler)
     router.add_route(hdrs.METH_ANY, "/{path:.*}", _not_found, expect_handler=expect_handler)
+
+
+def keyed_expect_handler(scope: str) -> Callable[[web.Request], Awaitable[
+        web.StreamResponse | None]]:
+    """A client that asks before sending its body (`Expect: 100-continue`) learns that its key
+    will not do before it uploads anything."""
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        try:
+            authorized(request, scope)
+        except ApiError as error:
+            return error.response()
+        return await expect_handler(request)
+
+    return expect
 
 
 def _method_not_allowed(allowed: set[str]) -> Handler:

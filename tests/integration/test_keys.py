@@ -4,6 +4,7 @@ seen by all of them."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
@@ -330,3 +331,18 @@ def test_keys_create_refuses_bad_limits_and_stores_nothing(
     assert answer.returncode == 2 and why in answer.stderr
     with psycopg.connect(database_url) as sql:
         assert sql.execute("SELECT count(*) FROM api_keys").fetchone() == before
+
+
+async def test_a_client_that_expects_100_continue_learns_of_a_bad_key_before_uploading(
+        keyless: Client, redis: Redis, settings: Settings) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", keyless.port)
+    try:
+        writer.write(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000000\r\nExpect: 100-continue\r\n"
+                     b"Authorization: Bearer lgk_not-a-key-we-made-not-a-key-we-made\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 401 "), status_line
+    assert await nothing_enqueued(redis, settings)
