@@ -6,6 +6,7 @@ code base reads `os.environ` for configuration: processes build one `Settings` a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Mapping
@@ -53,7 +54,8 @@ class Settings:
     # Keys (SPEC §3a). AUTH=off only on a trusted network: no key is asked for.
     auth: str = "on"
     # The key logagg's own clients send (`logagg publish`, `bench`, k6): `Bearer API_KEY`.
-    api_key: str = ""
+    # A secret: kept out of the repr, so out of logs and tracebacks.
+    api_key: str = dataclasses.field(default="", repr=False)
     # How often each ingest looks for created or revoked keys: a revoked key stops working on
     # every ingest within this, plus a query's time.
     keys_refresh_ms: int = 500
