@@ -133,6 +133,19 @@ def check_events(request: web.Request, events: Sequence[dict[str, Any]]) -> None
                         refused)
 
 
+def check_topic(request: web.Request, topic: str | None) -> None:
+    """403 unless the request's key may read `topic` (None: every topic, which a key limited
+    to some topics may not)."""
+    key = request.get(API_KEY)
+    if key is None or key.topics is None:
+        return
+    if topic is None:
+        raise forbidden(f"this key may read only the topics {', '.join(key.topics)}: name one "
+                        f"with ?topic=")
+    if not key.may_use_topic(topic):
+        raise forbidden(f"this key may not read topic {topic!r}")
+
+
 def rate_limited(wait_s: float) -> ApiError:
     AUTH_REFUSED.labels(status="429").inc()
     return ApiError(429, "rate_limited",

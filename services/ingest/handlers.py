@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.ingest.auth import API_KEY, check_events, rate_limited
+from services.ingest.auth import API_KEY, check_events, check_topic, rate_limited
 from services.ingest.bodies import read_events
 from services.ingest.errors import ApiError, json_dumps
 from services.ingest.keys import BACKLOG, RATE_LIMITS, SETTINGS, STARTED, STORE, STREAM
@@ -76,6 +76,7 @@ async def list_events(request: web.Request) -> web.Response:
     """A page of stored events. Only positions the group has settled are shown (SPEC §3: pages
     never skip): below the first entry still in flight, or without a group, below the floor."""
     topic, after, limit = _page_query(request.query)
+    check_topic(request, topic)
     state = await request.app[STREAM].group_state()
     store = request.app[STORE]
     below = state.settled_below if state.exists else None

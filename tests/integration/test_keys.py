@@ -346,3 +346,14 @@ async def test_a_client_that_expects_100_continue_learns_of_a_bad_key_before_upl
         writer.close()
     assert status_line.startswith(b"HTTP/1.1 401 "), status_line
     assert await nothing_enqueued(redis, settings)
+
+
+async def test_a_key_limited_to_topics_reads_only_those(
+        keyless: Client, settings: Settings) -> None:
+    key = await make(settings, keyless, scopes=["read"], topics=["auth", "app.*"])
+    for topic in ("auth", "app.web"):
+        answer = await keyless.get("/events", params={"topic": topic}, headers=bearer(key))
+        assert answer.status == 200, topic
+    for params in ({"topic": "billing"}, {"topic": "app"}, {}):
+        await refused(await keyless.get("/events", params=params, headers=bearer(key)), 403,
+                      "forbidden")
