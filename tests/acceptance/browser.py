@@ -1,7 +1,7 @@
 """A real headless Chromium, driven over the DevTools protocol with aiohttp's websocket client.
 
-Enough of the protocol to load a page, read values out of it and take a screenshot; no
-browser-automation dependency needed.
+Enough of the protocol to load a page, read values out of it, click and type as a user does,
+see the requests it sends, and take a screenshot; no browser-automation dependency needed.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Browser:
         self.session: aiohttp.ClientSession | None = None
         self.socket: aiohttp.ClientWebSocketResponse | None = None
         self._ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []  # of the domains enabled, e.g. Network
 
     async def __aenter__(self) -> Browser:
         self.process = await asyncio.create_subprocess_exec(
@@ -82,6 +83,14 @@ class Browser:
                 assert "error" not in message, message["error"]
                 result: dict[str, Any] = message.get("result", {})
                 return result
+            if "method" in message:
+                self.events.append(message)
+
+    async def seen(self, method: str) -> list[dict[str, Any]]:
+        """The params of every `method` event so far (e.g. Network.requestWillBeSent, once
+        Network.enable was called)."""
+        await self.evaluate("0")  # reads in the events that came since the last call
+        return [event["params"] for event in self.events if event["method"] == method]
 
     async def open(self, url: str) -> None:
         await self.call("Page.navigate", url=url)
@@ -96,6 +105,23 @@ class Browser:
 
     async def text(self, element_id: str) -> str:
         return str(await self.evaluate(f"document.getElementById({element_id!r}).textContent"))
+
+    async def click(self, selector: str) -> None:
+        """A left click in the middle of the element, as the mouse would make it."""
+        x, y = await self.evaluate(f"""(() => {{
+            const element = document.querySelector({selector!r});
+            element.scrollIntoView({{block: "center"}});
+            const box = element.getBoundingClientRect();
+            return [box.x + box.width / 2, box.y + box.height / 2];
+        }})()""")
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
+                            clickCount=1)
+
+    async def type_into(self, selector: str, text: str) -> None:
+        """Click into the field and type `text` there, as the keyboard would."""
+        await self.click(selector)
+        await self.call("Input.insertText", text=text)
 
     async def screenshot(self) -> bytes:
         """The page as PNG bytes."""
