@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,6 +35,8 @@ HERE = Path(__file__).resolve().parent
 PHASES = docker.Phases()
 # Short, so that a killed consumer's entries are claimed within seconds (default 30 s).
 CLAIM_IDLE_MS = 3000
+# The secrets a user writes in `.env` (README, With Docker Compose), made afresh for each run.
+SECRETS = ("POSTGRES_PASSWORD", "PUBLISH_KEY", "METRICS_KEY", "ADMIN_KEY")
 SYSTEM_CERTIFICATES = "/etc/ssl/certs/ca-certificates.crt"  # Debian's, and Ubuntu's
 
 
@@ -61,6 +63,9 @@ class Deployment:
     compose_command: list[str]
     env: dict[str, str]
     port: int
+    # What the project's `.env` holds (a temporary file, never in the repository): SECRETS.
+    # Out of the repr, which pytest prints when a test fails.
+    secrets: dict[str, str] = field(repr=False)
 
     def compose(self, *args: str, timeout: float = 300.0,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -74,17 +79,36 @@ class Deployment:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def get(self, path: str, key: str | None = None) -> tuple[int, bytes]:
+        """GET `path` from ingest through the published port, with `key` as Bearer (the
+        secret of `.env` it names, else `key` itself) or none: its status and body."""
+        headers = {"Authorization": f"Bearer {self.secrets.get(key, key)}"} if key else {}
+        request = urllib.request.Request(f"{self.url}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
     def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as answer:
-            stats: dict[str, Any] = json.load(answer)
-            return stats
+        """/stats with the operator's key, ADMIN_KEY."""
+        status, body = self.get("/stats", "ADMIN_KEY")
+        assert status == 200, (status, body[:500])
+        stats: dict[str, Any] = json.loads(body)
+        return stats
 
     def stats_or_none(self) -> dict[str, Any] | None:
-        """/stats, or None while ingest does not answer (starting, or its database is)."""
+        """/stats, or None while ingest does not answer it (starting, or its database is: 503,
+        `keys_unavailable` included)."""
         try:
-            return self.stats()
+            status, body = self.get("/stats", "ADMIN_KEY")
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
+        if status == 503:
+            return None
+        assert status == 200, (status, body[:500])
+        stats: dict[str, Any] = json.loads(body)
+        return stats
 
     def settled(self, at_least: int, timeout_s: float = 120.0) -> dict[str, Any]:
         """Wait until at least `at_least` events arrived and nothing is pending; /stats then.
@@ -130,10 +154,21 @@ class Deployment:
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
+    def prometheus_targets(self) -> list[dict[str, Any]]:
+        """The active targets of the deployment's Prometheus, with their health."""
+        answer = json.loads(self.inside(
+            "import urllib.request; print(urllib.request.urlopen("
+            "'http://prometheus:9090/api/v1/targets?state=active', timeout=5).read().decode())"))
+        assert answer["status"] == "success", answer
+        targets: list[dict[str, Any]] = answer["data"]["activeTargets"]
+        return targets
+
     def publish(self, *args: str) -> subprocess.Popen[bytes]:
-        """`logagg publish` from the host, through the published port."""
+        """`logagg publish` from the host, through the published port, with the operator's
+        key as API_KEY (README)."""
         return subprocess.Popen([sys.executable, "-m", "services.cli", "publish", "--url",
                                  self.url, "--json", *args],
+                                env={**os.environ, "API_KEY": self.secrets["ADMIN_KEY"]},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -147,9 +182,14 @@ def prepare(cleanup: ExitStack) -> Deployment:
     # user's `logagg` deployment and image are left alone.
     project = "logagg" if engine.private else f"logagg-test-{os.getpid()}"
     tag = "local" if engine.private else f"test-{os.getpid()}"
+    # The secrets, as a user writes them (`openssl rand -hex 32`), in a `.env` of the test's
+    # own: a temporary file (mode 0600), outside the repository, removed at the end.
+    made = {name: secrets.token_hex(32) for name in SECRETS}
     env_file = Path(tempfile.mkstemp(prefix="logagg-compose-", suffix=".env")[1])
     cleanup.callback(env_file.unlink)
-    env = {**compose_env(), "POSTGRES_PASSWORD": secrets.token_hex(16), "LOGAGG_TAG": tag,
+    assert docker.ROOT not in env_file.resolve().parents
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in made.items()))
+    env = {**compose_env(), "LOGAGG_TAG": tag,
            "INGEST_PUBLISHED_PORT": str(free_port()), "CLAIM_IDLE_MS": str(CLAIM_IDLE_MS)}
     if engine.env.get("DOCKER_HOST"):
         env["DOCKER_HOST"] = engine.env["DOCKER_HOST"]
@@ -158,10 +198,12 @@ def prepare(cleanup: ExitStack) -> Deployment:
     authority = os.environ.get("PIP_CERT") or SYSTEM_CERTIFICATES
     if Path(authority).is_file():
         env["PIP_CERT"] = authority
-    # An empty env file: a developer's own .env must not change what is tested.
+    # The test's env file, not the repository's `.env`: a developer's own must not change what
+    # is tested (compose_env() drops the variables it could set from this environment too).
     compose = [tool("docker-compose"), "--project-name", project, "--file",
                str(docker.ROOT / "docker-compose.yml"), "--env-file", str(env_file)]
-    prepared = Deployment(engine, project, compose, env, int(env["INGEST_PUBLISHED_PORT"]))
+    prepared = Deployment(engine, project, compose, env, int(env["INGEST_PUBLISHED_PORT"]),
+                          made)
     if engine.private:
         model = json.loads(prepared.compose("--profile", "observability", "config",
                                             "--format", "json").stdout)

@@ -1,13 +1,17 @@
 """SPEC §6 with Docker Compose started for real: the README's commands, in the README's order.
 
-One deployment for the module (conftest.py); each test leaves it running for the next:
-up and the demo, the published ports, one consumer killed, all consumers killed, down and up,
-then Prometheus of the observability profile. Every wait is a poll with a deadline.
+One deployment for the module (conftest.py), its secrets in a `.env` of the test's own; each
+test leaves it running for the next: up and the demo, the keys, the published ports, one
+consumer killed, all consumers killed, down and up, then Prometheus of the observability
+profile. Every wait is a poll with a deadline.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ import orjson
 
 from tests.acceptance.helpers import wait_for
 from tests.compose import engine as docker
-from tests.compose.conftest import CLAIM_IDLE_MS, PHASES, Deployment
+from tests.compose.conftest import CLAIM_IDLE_MS, PHASES, SECRETS, Deployment
 
 DEMO_EVENTS, DEMO_UNIQUE = 20_000, 14_000  # the publisher service: 20,000 events, 30% re-sent
 CONSUMERS = 3
@@ -32,14 +36,40 @@ def counts(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def listening_ports() -> set[int]:
-    """TCP ports something listens on, on any address of this host (/proc/net/tcp{,6})."""
-    ports = set()
+    """TCP ports Docker's processes (the engine, its port proxies) listen on, on any address of
+    this host (/proc/net/tcp{,6}). The containers' own sockets live in their own network
+    namespaces, so what the deployment opens here, Docker opens; other programs' ports (tests
+    running beside this one) are not the deployment's."""
+    ports_of = {}  # socket inode -> port
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == "0A":  # LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                ports_of[f"socket:[{fields[9]}]"] = int(fields[1].rsplit(":", 1)[1], 16)
+    ports = set()
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if not (process / "comm").read_text().startswith(("docker", "containerd")):
+                continue
+            sockets = {os.readlink(fd) for fd in (process / "fd").iterdir()}
+        except OSError:  # gone meanwhile
+            continue
+        ports |= {ports_of[socket] for socket in sockets & ports_of.keys()}
     return ports
+
+
+def keys_listed(deployment: Deployment) -> dict[str, list[str]]:
+    """README: `docker compose exec ingest logagg keys list --json`: each key's scopes, by name
+    (every key, revoked ones included)."""
+    lines = deployment.compose("exec", "-T", "ingest", "logagg", "keys", "list",
+                               "--json").stdout.splitlines()
+    listed = [json.loads(line) for line in lines if line.strip()]
+    assert all(key["revoked_at"] is None for key in listed), listed
+    return {key["name"]: key["scopes"] for key in listed}
+
+
+# The keys the `keys` service makes from `.env` (docker-compose.yml).
+COMPOSE_KEYS = {"publisher": ["publish"], "prometheus": ["read"], "admin": ["admin"]}
 
 
 def finished(process: Any, timeout_s: float = 300.0) -> dict[str, Any]:
@@ -78,6 +108,31 @@ def test_up_runs_the_publisher_demo_to_exact_counts(deployment: Deployment) -> N
     assert stats["alarms"] == []
     # What the deployment opened on this host: ingest's published port, nothing else.
     assert listening_ports() - before == {deployment.port}
+
+
+def test_the_keys_of_the_env_file_are_made_once_and_guard_every_route_but_health(
+        deployment: Deployment) -> None:
+    """The publisher demo above published with PUBLISH_KEY. Through the published port, as
+    the README's curl: no key, 401; the read key (Prometheus's) and the admin key read /stats;
+    the publish key may not; /metrics needs a read key; /healthz none."""
+    assert keys_listed(deployment) == COMPOSE_KEYS
+    assert "already exists" not in deployment.compose("logs", "keys").stdout
+    expected = {
+        ("/healthz", None): 200,
+        ("/stats", None): 401,
+        ("/stats", secrets.token_hex(32)): 401,  # a key of the right shape, made by no one
+        ("/stats", "ADMIN_KEY"): 200,
+        ("/stats", "METRICS_KEY"): 200,
+        ("/stats", "PUBLISH_KEY"): 403,
+        ("/metrics", None): 401,
+        ("/metrics", "METRICS_KEY"): 200,
+        ("/events?limit=1", None): 401,
+        ("/events?limit=1", "ADMIN_KEY"): 200,
+    }
+    answers = {request: deployment.get(*request) for request in expected}
+    assert {request: status for request, (status, _) in answers.items()} == expected
+    assert json.loads(answers[("/stats", None)][1])["error"] == "unauthorized"
+    assert json.loads(answers[("/stats", "PUBLISH_KEY")][1])["error"] == "forbidden"
 
 
 def test_only_the_ingest_port_answers_from_outside_the_deployment(
@@ -184,6 +239,9 @@ def test_down_and_up_keep_every_count(deployment: Deployment) -> None:
                  every_s=0.5)
         after = counts(deployment.settled(before["received"]))
     assert after == before
+    # `up` ran the keys service again: with the same `.env` it changed nothing.
+    assert "already exists" in deployment.compose("logs", "keys").stdout
+    assert keys_listed(deployment) == COMPOSE_KEYS
 
 
 def test_prometheus_scrapes_ingest_and_every_consumer_and_agrees_with_stats(
@@ -218,3 +276,19 @@ def test_prometheus_scrapes_ingest_and_every_consumer_and_agrees_with_stats(
             wait_for(scraped, "Prometheus to agree with /stats", 120, every_s=1.0)
         except AssertionError as error:
             raise AssertionError(f"{error}: expected {expected}, seen {seen}") from None
+    # Ingest's target is up: Prometheus sent METRICS_KEY, from the secret Compose made of it.
+    [ingest] = [target for target in deployment.prometheus_targets()
+                if target["labels"]["job"] == "ingest"]
+    assert (ingest["health"], ingest["lastError"]) == ("up", ""), ingest
+
+
+def test_the_secrets_of_the_env_file_are_in_no_file_of_the_repository(
+        deployment: Deployment) -> None:
+    """After the whole run: no file git tracks, or would add, holds one of the secrets."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=docker.ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    made = [deployment.secrets[name].encode() for name in SECRETS]
+    holding = [path for path in listed if path and (docker.ROOT / path).is_file()
+               and any(secret in (docker.ROOT / path).read_bytes() for secret in made)]
+    assert holding == []

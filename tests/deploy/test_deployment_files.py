@@ -45,14 +45,27 @@ INSTALL = {
 }
 
 SPEC_SERVICES = {"redis", "postgres", "migrate", "ingest", "consumer", "publisher"}
+# Besides SPEC §6's services: the one-shot service that makes the API keys of `.env`.
+DEFAULT_SERVICES = SPEC_SERVICES | {"keys"}
 OBSERVABILITY_SERVICES = {"prometheus", "grafana"}
-LOGAGG_SERVICES = {"migrate", "ingest", "consumer", "publisher"}
+LOGAGG_SERVICES = {"migrate", "keys", "ingest", "consumer", "publisher"}
 DATA_VOLUMES = {"redis": "/data", "postgres": "/var/lib/postgresql/data"}
 # Variables the compose file itself reads; cleared so that the checks see its defaults.
 COMPOSE_OWN_VARIABLES = {"REDIS_APPENDFSYNC", "LOGAGG_TAG", "GRAFANA_ADMIN_PASSWORD",
-                         "POSTGRES_PASSWORD", "INGEST_PUBLISHED_PORT", "PIP_CERT"}
-# The database password has no default (docker-compose.yml): the checks give it one.
+                         "POSTGRES_PASSWORD", "INGEST_PUBLISHED_PORT", "PIP_CERT",
+                         "PUBLISH_KEY", "METRICS_KEY", "ADMIN_KEY"}
+# The database password and the API keys have no default (docker-compose.yml): the checks give
+# them placeholders.
 PLACEHOLDER_PASSWORD = "placeholder-password"
+PLACEHOLDER_KEYS = {"PUBLISH_KEY": "placeholder-publish-key",
+                    "METRICS_KEY": "placeholder-metrics-key",
+                    "ADMIN_KEY": "placeholder-admin-key"}
+PLACEHOLDER_SECRETS = {"POSTGRES_PASSWORD": PLACEHOLDER_PASSWORD, **PLACEHOLDER_KEYS}
+# Each key of `.env`, the name and scope the keys service gives it (SPEC §3a).
+COMPOSE_KEYS = {"PUBLISH_KEY": ("publisher", "publish"), "METRICS_KEY": ("prometheus", "read"),
+                "ADMIN_KEY": ("admin", "admin")}
+# Where Compose puts the secret `metrics_key`, and where prometheus.yml reads it.
+METRICS_KEY_FILE = "/run/secrets/metrics_key"
 # Exact versions: Redis 7.0 and PostgreSQL 15 as SPEC §1 says; a PostgreSQL minor is exact.
 EXACT_TAGS = {"redis": r"7\.0\.\d+\b", "postgres": r"15\.\d+\b",
               "prometheus": r"v\d+\.\d+\.\d+\b", "grafana": r"\d+\.\d+\.\d+\b"}
@@ -123,7 +136,7 @@ def compose_model(*profiles: str, tmp_path: Path,
     variables = tmp_path / "compose.env"
     variables.write_text("".join(
         f"{name}={value}\n"
-        for name, value in {"POSTGRES_PASSWORD": PLACEHOLDER_PASSWORD, **(env_file or {})}.items()))
+        for name, value in {**PLACEHOLDER_SECRETS, **(env_file or {})}.items()))
     profile_flags = [flag for profile in profiles for flag in ("--profile", profile)]
     result = run(tool("docker-compose"), "--env-file", str(variables), *profile_flags,
                  "config", "--format", "json", env=compose_env())
@@ -148,7 +161,7 @@ def observability_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 def test_compose_file_is_valid_for_docker_compose(profiles: tuple[str, ...]) -> None:
     flags = [flag for profile in profiles for flag in ("--profile", profile)]
     run(tool("docker-compose"), *flags, "config", "-q",
-        env={**compose_env(), "POSTGRES_PASSWORD": PLACEHOLDER_PASSWORD})
+        env={**compose_env(), **PLACEHOLDER_SECRETS})
 
 
 def test_compose_refuses_to_start_without_a_database_password() -> None:
@@ -157,6 +170,19 @@ def test_compose_refuses_to_start_without_a_database_password() -> None:
                             timeout=120, check=False)
     assert result.returncode != 0
     assert "required variable POSTGRES_PASSWORD is missing a value" in result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(PLACEHOLDER_KEYS))
+def test_compose_refuses_to_start_without_each_api_key(missing: str) -> None:
+    """The observability profile too: its Prometheus needs METRICS_KEY."""
+    secrets = {name: value for name, value in PLACEHOLDER_SECRETS.items() if name != missing}
+    for profiles in ([], ["--profile", "observability"]):
+        result = subprocess.run([tool("docker-compose"), "--env-file", os.devnull, *profiles,
+                                 "config", "-q"], cwd=ROOT, env={**compose_env(), **secrets},
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode != 0
+        assert f"required variable {missing} is missing a value" in result.stderr
+        assert "README, With Docker Compose" in result.stderr
 
 
 def test_the_database_password_comes_from_the_environment_only(
@@ -173,12 +199,77 @@ def test_the_database_password_comes_from_the_environment_only(
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
+def test_api_keys_come_from_the_environment_and_go_only_where_they_are_used(
+        observability_model: dict[str, Any]) -> None:
+    """The keys service makes each key of `.env` with `--key-env` (idempotent) and its scope;
+    the publisher sends PUBLISH_KEY as its API_KEY; no other container sees a key (Prometheus
+    gets METRICS_KEY as a file: test above)."""
+    services = observability_model["services"]
+    keys = services["keys"]
+    assert keys["entrypoint"] == ["/bin/sh", "-ec"]
+    [script] = keys["command"]
+    creates = [line.split() for line in script.splitlines() if line.strip()]
+    assert creates == [["logagg", "keys", "create", name, "--scopes", scope, "--key-env", variable]
+                       for variable, (name, scope) in COMPOSE_KEYS.items()], script
+    for variable, placeholder in PLACEHOLDER_KEYS.items():
+        assert keys["environment"][variable] == placeholder, variable
+        for name, service in services.items():
+            if name != "keys":
+                assert variable not in service.get("environment", {}), (name, variable)
+    assert services["publisher"]["environment"]["API_KEY"] == PLACEHOLDER_KEYS["PUBLISH_KEY"]
+    for name in LOGAGG_SERVICES - {"publisher"}:
+        assert services[name]["environment"]["API_KEY"] == "", name
+    for name in LOGAGG_SERVICES:
+        assert services[name]["environment"]["AUTH"] == "on", name
+
+
+def compose_variables() -> set[str]:
+    """Every variable the Compose file reads: `${VAR...}`, and secrets' `environment: VAR`."""
+    text = COMPOSE_FILE.read_text()
+    uncommented = "\n".join(line.partition("#")[0] if line.lstrip().startswith("#") else line
+                            for line in text.splitlines())
+    names = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", uncommented))
+    names |= set(re.findall(r"^\s+environment:\s+([A-Z_][A-Z0-9_]*)\s*$", uncommented, re.M))
+    return names
+
+
+def test_every_variable_of_the_compose_file_is_documented_in_env_example() -> None:
+    """As a setting (`NAME=default`) or, for what only Compose reads, a comment (`# NAME=...`);
+    and every such comment names a variable Compose reads."""
+    documented = set(env_example())
+    commented = set(re.findall(r"^#\s*([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
+    variables = compose_variables()
+    assert {"POSTGRES_PASSWORD", "METRICS_KEY", "STREAM_KEY"} <= variables, variables
+    assert variables - documented - commented == set()
+    assert commented - variables == set(), "documented for Compose, read by no service"
+
+
+def test_env_example_holds_placeholders_for_secrets_never_values() -> None:
+    """Each secret Compose needs is shown commented, with how to make one; API_KEY is empty."""
+    text = ENV_EXAMPLE.read_text()
+    for variable in PLACEHOLDER_SECRETS:
+        [value] = re.findall(rf"^#\s*{variable}=(.*)$", text, re.M)
+        assert value == "<a long random secret: openssl rand -hex 32>", (variable, value)
+        assert not re.search(rf"^{variable}=", text, re.M), variable
+    assert env_example()["API_KEY"] == ""
+
+
 def test_dockerfile_passes_hadolint() -> None:
     run(tool("hadolint"), "--no-color", "Dockerfile")
 
 
-def test_prometheus_config_passes_promtool() -> None:
-    run(tool("promtool"), "check", "config", str(PROMETHEUS_CONFIG.relative_to(ROOT)))
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    """promtool also checks that the key file exists: the file Compose would copy in is
+    stood for by a copy of the config that reads a placeholder key from `tmp_path`."""
+    config = PROMETHEUS_CONFIG.read_text()
+    assert config.count(METRICS_KEY_FILE) == 1, config
+    key_file = tmp_path / "metrics_key"
+    key_file.write_text(PLACEHOLDER_KEYS["METRICS_KEY"])
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(config.replace(METRICS_KEY_FILE, str(key_file)))
+    run(tool("promtool"), "check", "config", str(checked))
+    run(tool("promtool"), "check", "config", "--syntax-only",
+        str(PROMETHEUS_CONFIG.relative_to(ROOT)))
 
 
 def test_every_dashboard_query_parses_as_promql(tmp_path: Path) -> None:
@@ -307,15 +398,46 @@ def test_prometheus_scrapes_ingest_and_every_consumer_replica(
                      rf"\s*port: {metrics_port}\b", config), config
 
 
+def scrape_jobs() -> dict[str, str]:
+    """Each scrape job of prometheus.yml, by name: its lines, comments dropped."""
+    lines = [line for line in PROMETHEUS_CONFIG.read_text().splitlines()
+             if not line.lstrip().startswith("#")]
+    text = "\n".join(lines[next(i for i, line in enumerate(lines)
+                                if line.startswith("scrape_configs:")) + 1:])
+    jobs = re.split(r"^\s*- job_name:\s*", text, flags=re.MULTILINE)[1:]
+    return {job.split()[0]: job for job in jobs}
+
+
+def test_prometheus_scrapes_ingest_with_the_metrics_key_file_and_consumers_without(
+        observability_model: dict[str, Any]) -> None:
+    """SPEC §3a: ingest's /metrics needs a read key. Prometheus reads it from the secret
+    `metrics_key`, which Compose fills from METRICS_KEY: no key in any file of the repository.
+    A consumer's /metrics (internal network only) asks for none."""
+    jobs = scrape_jobs()
+    assert set(jobs) == {"ingest", "consumer"}, jobs
+    assert re.search(r"authorization:\s*\n\s*type: Bearer\s*\n"
+                     rf"\s*credentials_file: {re.escape(METRICS_KEY_FILE)}\s*$", jobs["ingest"],
+                     re.MULTILINE), jobs["ingest"]
+    assert not re.search(r"\bcredentials\s*:|bearer_token\s*:|password\s*:",
+                         PROMETHEUS_CONFIG.read_text()), "a secret written in prometheus.yml"
+    assert "authorization" not in jobs["consumer"] and "basic_auth" not in jobs["consumer"]
+    prometheus = observability_model["services"]["prometheus"]
+    [secret] = prometheus["secrets"]
+    assert (secret["source"], secret["target"]) == ("metrics_key", METRICS_KEY_FILE), secret
+    assert set(observability_model["secrets"]["metrics_key"]) == {"name", "environment"}
+    assert observability_model["secrets"]["metrics_key"]["environment"] == "METRICS_KEY"
+    assert "METRICS_KEY" not in prometheus.get("environment", {})
+
+
 # --- the Compose model (SPEC §6) -----------------------------------------------------------
 
 def test_every_spec_service_is_in_the_default_profile(default_model: dict[str, Any]) -> None:
-    assert set(default_model["services"]) == SPEC_SERVICES
+    assert set(default_model["services"]) == DEFAULT_SERVICES
 
 
 def test_prometheus_and_grafana_come_with_the_observability_profile(
         observability_model: dict[str, Any]) -> None:
-    assert set(observability_model["services"]) == SPEC_SERVICES | OBSERVABILITY_SERVICES
+    assert set(observability_model["services"]) == DEFAULT_SERVICES | OBSERVABILITY_SERVICES
     for name in OBSERVABILITY_SERVICES:
         assert observability_model["services"][name]["profiles"] == ["observability"]
 
@@ -403,8 +525,10 @@ def test_healthchecks_and_migrate_gate_start_up(default_model: dict[str, Any]) -
     services = default_model["services"]
     assert conditions(services["migrate"]) == {"redis": "service_healthy",
                                                "postgres": "service_healthy"}
-    for name in ("ingest", "consumer"):
+    for name in ("keys", "ingest", "consumer"):
         assert conditions(services[name])["migrate"] == "service_completed_successfully", name
+    # Ingest answers once its clients' keys exist: the publisher demo is never refused.
+    assert conditions(services["ingest"])["keys"] == "service_completed_successfully"
     assert conditions(services["publisher"]) == {"ingest": "service_healthy"}
     for name in ("redis", "postgres", "ingest", "consumer"):
         assert not services[name]["healthcheck"].get("disable"), f"{name} has no healthcheck"
@@ -415,8 +539,9 @@ def test_one_shot_services_run_once(default_model: dict[str, Any]) -> None:
     assert services["migrate"]["command"] == ["migrate"]
     assert services["publisher"]["command"] == [
         "publish", "--url", "http://ingest:8080", "--events", "20000", "--duplicates", "0.3"]
-    for name in ("migrate", "publisher"):
+    for name in ("migrate", "keys", "publisher"):
         assert services[name].get("restart", "no") == "no", name
+        assert services[name]["healthcheck"].get("disable"), name
 
 
 def test_data_lives_in_named_volumes(observability_model: dict[str, Any]) -> None:
