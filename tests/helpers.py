@@ -110,7 +110,7 @@ async def run_until_drained(settings: Settings, stream: Stream, store: Store,
 def counts(sql: psycopg.Connection[Any]) -> tuple[int, int, int]:
     """(unique_processed, duplicate_dropped, rows in events)."""
     row = sql.execute("SELECT coalesce(sum(unique_processed), 0), "
-                      "coalesce(sum(duplicate_dropped), 0) FROM topic_stats").fetchone()
+                      "coalesce(sum(duplicate_dropped), 0) FROM topic_counts").fetchone()
     rows = sql.execute("SELECT count(*) FROM events").fetchone()
     assert row is not None and rows is not None
     return int(row[0]), int(row[1]), int(rows[0])

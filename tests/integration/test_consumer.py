@@ -142,7 +142,7 @@ async def test_three_consumers_store_each_key_once_and_count_every_duplicate(
     assert sum(c.totals.unique for c in trio) == 1400
     assert all(c.totals.batches > 0 for c in trio), "every consumer took part"
     per_topic = dict(sql.execute("SELECT topic, sum(unique_processed + duplicate_dropped) "
-                                 "FROM topic_stats GROUP BY topic").fetchall())
+                                 "FROM topic_counts GROUP BY topic").fetchall())
     expected: dict[str, int] = {}
     for e in events:
         expected[e["topic"]] = expected.get(e["topic"], 0) + 1

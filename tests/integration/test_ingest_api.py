@@ -315,7 +315,7 @@ async def test_stats_gives_every_counter_and_each_topic_exactly(
     assert (answer.status, await answer.json()) == (202, {"accepted": 7})
     assert await stats_without_uptime(client) == {
         "received": 7, "unique_processed": 0, "duplicate_dropped": 0, "dead_lettered": 0,
-        "pending": 7, "topics": {}, "alarms": []}  # nothing delivered: all lag
+        "pending": 7, "topics": {}, "topics_total": 0, "alarms": []}  # nothing delivered
 
     worker = dataclasses.replace(settings, consumer_name="worker", max_deliveries=1)
     await stream.ensure_group()
@@ -330,7 +330,7 @@ async def test_stats_gives_every_counter_and_each_topic_exactly(
         "pending": 0,
         "topics": {"auth": {"unique_processed": 2, "duplicate_dropped": 1},
                    "billing": {"unique_processed": 1, "duplicate_dropped": 2}},
-        "alarms": []}
+        "topics_total": 2, "alarms": []}
 
 
 async def test_healthz_readyz_and_metrics_answer_200(client: Client) -> None:

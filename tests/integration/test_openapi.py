@@ -195,7 +195,7 @@ def stats_of_three_and_a_copy(body: Any) -> bool:
         "pending": 0,
         "topics": {"auth": {"unique_processed": 2, "duplicate_dropped": 1},
                    "billing": {"unique_processed": 1, "duplicate_dropped": 0}},
-        "alarms": []})
+        "topics_total": 2, "alarms": []})
 
 
 async def a_full_backlog(world: World) -> ClientResponse:
