@@ -50,6 +50,12 @@ class Settings:
     # What one read may bring into a consumer, in event bytes (see `read_count`). 128 MiB
     # keeps BATCH_SIZE (500) entries per read at the default MAX_EVENT_BYTES.
     batch_bytes: int = 128 * 1024 * 1024
+    # Topics: how many distinct topics ingest admits, across every ingest process (a Redis
+    # set); an event of a new topic past it is refused (422 too_many_topics). 0: no limit.
+    # 10,000: a topic names a kind of event (a service, a log), of which a deployment has
+    # tens or hundreds; a client that puts a request id in it is stopped after 10,000, at a
+    # few MB of Redis and of each ingest's memory (255 characters a topic at most).
+    max_topics: int = 10_000
 
     @property
     def read_count(self) -> int:
@@ -96,6 +102,9 @@ class Settings:
         if self.max_backlog < 0:
             raise ConfigurationError(f"MAX_BACKLOG must be 0 (no limit) or more, "
                                      f"got {self.max_backlog}")
+        if self.max_topics < 0:
+            raise ConfigurationError(f"MAX_TOPICS must be 0 (no limit) or more, "
+                                     f"got {self.max_topics}")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name.upper()} must be positive, "

@@ -215,6 +215,10 @@ class Store:
                 async with self.pool.connection() as conn:
                     cursor = await conn.execute(self._sql["stream_id"], {"name": self.stream})
                     row = await cursor.fetchone()
+                    if row is None:  # made meanwhile by another process: see sql/queries.sql
+                        cursor = await conn.execute(self._sql["stream_id"],
+                                                    {"name": self.stream})
+                        row = await cursor.fetchone()
             assert row is not None
             self._stream_id = int(row[0])
         return self._stream_id
@@ -441,6 +445,21 @@ class Store:
                 cursor = await conn.execute(self._sql["fold_counters"], params)
                 moved = await cursor.fetchone()
         return int(moved[0]) if moved else 0
+
+    async def topics(self) -> list[str]:
+        """Every topic this stream counts."""
+        return await self._topics("stream_topics", {"stream": await self.stream_id()})
+
+    async def counted_topics(self, candidates: Sequence[str]) -> set[str]:
+        """Those of `candidates` that this stream counts."""
+        return set(await self._topics("counted_topics", {
+            "stream": await self.stream_id(), "topics": list(candidates)}))
+
+    async def _topics(self, query: str, params: dict[str, Any]) -> list[str]:
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql[query], params)
+                return [topic for topic, in await cursor.fetchall()]
 
     async def events_page(
         self, *, topic: str | None, after: StreamId | None, below: StreamId, limit: int

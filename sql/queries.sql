@@ -5,7 +5,8 @@
 
 -- name: stream_id
 -- The id of a stream's rows, made on first use. Two processes making it at once both end with
--- the row of whichever committed first.
+-- the row of whichever committed first; but the one whose insert waited for the other's
+-- finds no row here (its snapshot was taken before that commit) and runs this again.
 WITH made AS (
     INSERT INTO streams (name) VALUES (%(name)s)
     ON CONFLICT ON CONSTRAINT streams_name_key DO NOTHING
@@ -419,6 +420,20 @@ WITH taken AS (
         dead_lettered = st.dead_lettered + excluded.dead_lettered
 )
 SELECT count(*) FROM moved;
+
+-- name: stream_topics
+-- Every topic this stream counts (the topic '' left out), in no order.
+SELECT topic FROM topic_totals WHERE stream = %(stream)s AND topic <> ''
+UNION
+SELECT topic FROM topic_stats WHERE stream = %(stream)s AND topic <> '';
+
+-- name: counted_topics
+-- Which of these topics this stream counts (the topic '' left out).
+SELECT topic FROM topic_totals
+WHERE stream = %(stream)s AND topic = ANY(%(topics)s::text[]) AND topic <> ''
+UNION
+SELECT topic FROM topic_stats
+WHERE stream = %(stream)s AND topic = ANY(%(topics)s::text[]) AND topic <> '';
 
 -- name: events_page
 -- Pages stop below the first position the group may not have settled (`below`): an entry still

@@ -125,6 +125,14 @@ async def balance(store: Store, stream: Stream) -> dict[str, int]:
             "dead": totals.total("dead_lettered")}
 
 
+async def waiting_for_locks(sql: psycopg.Connection[Any], count: int) -> bool:
+    """Whether `count` backends of this database wait for a lock."""
+    await asyncio.sleep(0)
+    row = sql.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                      "AND datname = current_database()").fetchone()
+    return bool(row and row[0] == count)
+
+
 def logged(records: Sequence[logging.LogRecord], action: str) -> list[logging.LogRecord]:
     """The log records with this `action`, in the order they were logged."""
     return [r for r in records if getattr(r, "action", None) == action]

@@ -16,6 +16,7 @@ from services.ingest.backpressure import Backlog
 from services.ingest.keys import BACKLOG, SETTINGS, STARTED, STORE, STREAM
 from services.ingest.middlewares import count_requests, errors_as_json
 from services.ingest.routes import setup_routes
+from services.ingest.topics import TOPICS, Topics
 from shared.clients import INGEST, opened
 from shared.settings import Settings
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STARTED] = time.monotonic()
+    app[TOPICS] = Topics(settings.max_topics)
     app.cleanup_ctx.append(_clients)
     setup_routes(app)
     return app

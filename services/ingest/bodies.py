@@ -2,13 +2,13 @@
 
 `read_events` checks the request in the order that costs least first (content type, declared
 size, JSON, shape, count, the schema, then the size of each event) and answers the first
-problem as an `ApiError` naming what is wrong; what comes back is every event serialized as it
-goes into the stream, valid, ready to append.
+problem as an `ApiError` naming what is wrong; what comes back is every event, valid, and
+serialized as it goes into the stream, ready to append.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -18,13 +18,18 @@ from shared import validation
 from shared.settings import Settings
 
 
+class Batch(NamedTuple):
+    events: list[dict[str, Any]]  # valid events
+    serialized: list[bytes]  # each as the stream keeps it
+
+
 class BodyShapeError(ValueError):
     """The body is JSON, but not one event, an array of events or `{"events": [...]}`."""
 
 
-async def read_events(request: web.Request, settings: Settings) -> list[bytes]:
-    """The valid events of a publish request, serialized for the stream, or an `ApiError`
-    (400, 413, 415, 422)."""
+async def read_events(request: web.Request, settings: Settings) -> Batch:
+    """The valid events of a publish request, and their serialized form for the stream, or an
+    `ApiError` (400, 413, 415, 422)."""
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type",
                        f"send Content-Type: application/json, not {request.content_type!r}")
@@ -64,7 +69,7 @@ async def read_events(request: web.Request, settings: Settings) -> list[bytes]:
                        f"{len(too_large)} of {len(events)} events are over MAX_EVENT_BYTES "
                        f"({settings.max_event_bytes} bytes); none was accepted",
                        details=too_large)
-    return serialized
+    return Batch(events, serialized)
 
 
 def events_of(body: Any) -> list[Any]:

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.ingest.bodies import read_events
 from services.ingest.errors import ApiError, json_dumps
 from services.ingest.keys import BACKLOG, SETTINGS, STARTED, STORE, STREAM
+from services.ingest.topics import admit_topics
 from shared import cursor, snapshot
 from shared.exceptions import BrokerUnavailable, InvalidCursor, StoreUnavailable, Unavailable
 from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS, record_alarms, record_group_state
@@ -42,11 +43,12 @@ def _json(body: Any, status: int = 200) -> web.Response:
 async def publish(request: web.Request) -> web.Response:
     """Parse the request into valid events, then append them all, or none."""
     started = time.perf_counter()
-    events = await read_events(request, request.app[SETTINGS])
-    await append(request.app, events)
-    EVENTS_ACCEPTED.inc(len(events))
+    batch = await read_events(request, request.app[SETTINGS])
+    await admit_topics(request.app, batch.events)
+    await append(request.app, batch.serialized)
+    EVENTS_ACCEPTED.inc(len(batch.events))
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
-    return _json({"accepted": len(events)}, status=202)
+    return _json({"accepted": len(batch.events)}, status=202)
 
 
 async def append(app: web.Application, events: list[bytes]) -> None:

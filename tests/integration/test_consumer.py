@@ -28,6 +28,7 @@ from tests.helpers import (
     run_until_drained,
     running,
     settle_like_a_consumer,
+    waiting_for_locks,
     with_duplicates,
 )
 
@@ -73,14 +74,6 @@ async def test_concurrent_transactions_count_each_key_once_and_each_entry_once(
     ledger = {StreamId(ms, seq) for ms, seq in sql.execute(
         "SELECT stream_ms, stream_seq FROM duplicate_entries").fetchall()}
     assert ledger == settled - set(stored)
-
-
-async def waiting_for_locks(sql: psycopg.Connection[Any], count: int) -> bool:
-    """Whether `count` backends of this database wait for a lock."""
-    await asyncio.sleep(0)
-    row = sql.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                      "AND datname = current_database()").fetchone()
-    return bool(row and row[0] == count)
 
 
 async def test_a_copy_judged_while_another_transaction_moves_the_row_below_it_is_counted(

@@ -37,6 +37,7 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "consumer_gone_ms": 3_600_000,
     "log_format": "auto",
     "batch_bytes": 134217728,
+    "max_topics": 10_000,
 }
 DEFAULTS = {**SPEC_DEFAULTS, **EXTRA_DEFAULTS}
 
@@ -67,6 +68,7 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "consumer_gone_ms": ("60000", 60000),
     "log_format": ("json", "json"),
     "batch_bytes": ("33554432", 33554432),
+    "max_topics": ("500", 500),
 }
 
 
@@ -253,6 +255,12 @@ def test_max_backlog_zero_means_no_limit_and_a_negative_one_is_an_error() -> Non
     assert Settings.from_env({"MAX_BACKLOG": "0"}).max_backlog == 0
     with pytest.raises(ConfigurationError, match="MAX_BACKLOG"):
         Settings.from_env({"MAX_BACKLOG": "-1"})
+
+
+def test_max_topics_zero_means_no_limit_and_a_negative_one_is_an_error() -> None:
+    assert Settings.from_env({"MAX_TOPICS": "0"}).max_topics == 0
+    with pytest.raises(ConfigurationError, match="MAX_TOPICS"):
+        Settings.from_env({"MAX_TOPICS": "-1"})
 
 
 @pytest.mark.parametrize(("batch_size", "batch_bytes", "max_event_bytes", "count"), [
