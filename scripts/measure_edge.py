@@ -2,12 +2,14 @@
 
     PYTHONPATH=. .venv/bin/python scripts/measure_edge.py validation
     PYTHONPATH=. .venv/bin/python scripts/measure_edge.py stats [--topics 100000] [--shards 16]
+    PYTHONPATH=. .venv/bin/python scripts/measure_edge.py topics [--topics 100000]
 
 `validation` times, for each attack body, the validation step in-process (CPU seconds of
 `validation` plus what ingest does with the problems to answer 422) and the whole request
 through the real app (aiohttp's TestClient), and gives the answer's size. `stats` fills the
 counter shards of a fresh database with that many topics, straight in PostgreSQL, and times
-`GET /stats`. Both start their own Redis and PostgreSQL on free ports in a temporary folder.
+`GET /stats`. `topics` times what MAX_TOPICS costs a publish. Each starts its own Redis and
+PostgreSQL on free ports in a temporary folder.
 """
 
 from __future__ import annotations
@@ -236,15 +238,43 @@ def measure_stats(topics: int, shards: int) -> None:
                 print(f"{label:32} {cpu_s:7.3f} {wall_s:7.3f} {status:6} {size:10}")
 
 
+def measure_topics(topics: int) -> None:
+    """What the limit costs: seeding it from a store of `topics` topics (the first new topic
+    after an upgrade), a request of known topics, and a refused one."""
+    def batch(prefix: str, count: int) -> bytes:
+        return orjson.dumps([EVENT | {"event_id": str(n), "topic": f"{prefix}{n + 1}"}
+                             for n in range(count)])
+
+    with servers() as (redis, postgres):
+        settings = settings_for(redis, postgres, max_topics=topics + 1000)
+        fill_counters(settings.database_url, settings.stream_key, topics, 1)
+        requests = [("POST", "/publish", batch("new-", 1)),  # seeds the set
+                    ("POST", "/publish", batch("topic-", 1000)),  # 1000 known topics
+                    ("POST", "/publish", batch("new-", 1000)),  # 999 new ones: admitted
+                    ("POST", "/publish", batch("newer-", 1000))]  # past the limit: refused
+        results = asyncio.run(timed_requests(settings, requests, rounds=1))
+        names = [f"a new topic (seeds the set: {topics} topics)", "1000 events, known topics",
+                 "1000 events, 999 new topics", "1000 events, new topics past the limit"]
+        print(f"{'request':50} {'cpu s':>7} {'wall s':>7} {'status':>6} {'answer B':>9}")
+        for name, (cpu_s, wall_s, status, size) in zip(names, results, strict=True):
+            print(f"{name:50} {cpu_s:7.3f} {wall_s:7.3f} {status:6} {size:9}")
+        again = asyncio.run(timed_requests(settings, requests[1:2] + requests[3:], rounds=5))
+        for name, (cpu_s, wall_s, status, size) in zip(names[1:2] + names[3:], again,
+                                                       strict=True):
+            print(f"{name + ' (again)':50} {cpu_s:7.3f} {wall_s:7.3f} {status:6} {size:9}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["validation", "stats"])
+    parser.add_argument("what", choices=["validation", "stats", "topics"])
     parser.add_argument("--topics", type=int, default=100_000)
     parser.add_argument("--shards", type=int, default=16)
     args = parser.parse_args()
     if args.what == "validation":
         measure_validation()
+    elif args.what == "topics":
+        measure_topics(args.topics)
     else:
         measure_stats(args.topics, args.shards)
 
