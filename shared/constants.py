@@ -17,6 +17,11 @@ def received_key(stream_key: str) -> str:
     return f"{stream_key}:received"
 
 
+def topics_key(stream_key: str) -> str:
+    """The set of topics ingest admitted under MAX_TOPICS (shared/lua/admit_topics.lua)."""
+    return f"{stream_key}:topics"
+
+
 def mark_key(stream_key: str) -> str:
     """The broker's copy of the history mark (services/consumer/invariants.py): a number the
     store also records, once Redis has acknowledged it, and that only grows."""

@@ -59,6 +59,12 @@ class Settings:
     # How often each ingest looks for created or revoked keys: a revoked key stops working on
     # every ingest within this, plus a query's time.
     keys_refresh_ms: int = 500
+    # Topics: how many distinct topics ingest admits, across every ingest process (a Redis
+    # set); an event of a new topic past it is refused (422 too_many_topics). 0: no limit.
+    # 10,000: a topic names a kind of event (a service, a log), of which a deployment has
+    # tens or hundreds; a client that puts a request id in it is stopped after 10,000, at a
+    # few MB of Redis and of each ingest's memory (255 characters a topic at most).
+    max_topics: int = 10_000
 
     @property
     def read_count(self) -> int:
@@ -105,6 +111,9 @@ class Settings:
         if self.max_backlog < 0:
             raise ConfigurationError(f"MAX_BACKLOG must be 0 (no limit) or more, "
                                      f"got {self.max_backlog}")
+        if self.max_topics < 0:
+            raise ConfigurationError(f"MAX_TOPICS must be 0 (no limit) or more, "
+                                     f"got {self.max_topics}")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name.upper()} must be positive, "

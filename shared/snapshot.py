@@ -35,9 +35,10 @@ class Snapshot:
         return self.received == self.settled
 
 
-async def take(stream: Stream, store: Store) -> Snapshot:
+async def take(stream: Stream, store: Store, *, topics: int | None) -> Snapshot:
+    """A snapshot with the `topics` busiest topics (every one when None: tests and tools)."""
     before = await stream.tally()
-    counts = await store.stats()
+    counts = await store.stats(topics)
     alarms = await store.alarms()
     after = await stream.tally()
     # `received` only goes back when the broker lost part of its log: a change either way

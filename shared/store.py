@@ -96,6 +96,10 @@ FLOOR_LOCK = 0x6C6F6766  # "logf"
 # How long raising the floor may wait for settling transactions to let go of it: they take
 # milliseconds, so a longer wait means one of them is stuck, and everyone would queue behind.
 FLOOR_LOCK_TIMEOUT = "500ms"
+# One fold of the counters at a time per stream: (FOLD_LOCK, stream id), as for the floor.
+FOLD_LOCK = 0x6C6F6763  # "logc"
+# Counter shard rows one fold moves, in one transaction: about 40 ms of PostgreSQL's time.
+FOLD_ROWS = 10_000
 
 
 def _shard() -> int:
@@ -149,10 +153,15 @@ class TopicCounts:
 
 @dataclass(frozen=True, slots=True)
 class StoreStats:
+    """The stream's counters: its totals, its busiest topics (busiest first: by
+    unique_processed + duplicate_dropped, then by name) and how many topics it counts."""
+
+    totals: TopicCounts
     topics: dict[str, TopicCounts]
+    topics_total: int
 
     def total(self, name: str) -> int:
-        return sum(getattr(counts, name) for counts in self.topics.values())
+        return int(getattr(self.totals, name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +216,10 @@ class Store:
                 async with self.pool.connection() as conn:
                     cursor = await conn.execute(self._sql["stream_id"], {"name": self.stream})
                     row = await cursor.fetchone()
+                    if row is None:  # made meanwhile by another process: see sql/queries.sql
+                        cursor = await conn.execute(self._sql["stream_id"],
+                                                    {"name": self.stream})
+                        row = await cursor.fetchone()
             assert row is not None
             self._stream_id = int(row[0])
         return self._stream_id
@@ -434,13 +447,51 @@ class Store:
                 rows = await cursor.fetchall()
         return [DeadLetter(StreamId(ms, seq), *rest) for ms, seq, *rest in rows]
 
-    async def stats(self) -> StoreStats:
+    async def stats(self, top: int | None = None) -> StoreStats:
+        """The counters, read at one moment: the totals, the `top` busiest topics (every topic
+        when None) and how many topics there are. What it reads grows with `top` and with the
+        counts not folded yet, not with the number of topics (see sql/queries.sql)."""
         stream = await self.stream_id()
         with translated():
-            async with self.pool.connection() as conn:
-                cursor = await conn.execute(self._sql["topic_stats"], {"stream": stream})
+            async with self.pool.connection() as conn, conn.transaction(), conn.pipeline():
+                await conn.execute(self._sql["without_jit"])
+                cursor = await conn.execute(self._sql["stats"], {"stream": stream, "top": top})
                 rows = await cursor.fetchall()
-        return StoreStats({topic: TopicCounts(u, d, dl) for topic, u, d, dl in rows})
+        *listed, (_, unique, duplicate, dead, topics) = rows
+        return StoreStats(
+            totals=TopicCounts(unique, duplicate, dead),
+            topics={topic: TopicCounts(u, d, dl) for topic, u, d, dl, _ in listed},
+            topics_total=topics)
+
+    async def fold_counters(self, rows: int = FOLD_ROWS) -> int | None:
+        """Fold up to `rows` counter shard rows into the topics' totals, in one transaction
+        (sql/0007_counter_totals.sql); return how many, or None when another fold of this
+        stream is under way."""
+        params = {"lock": FOLD_LOCK, "stream": await self.stream_id(), "rows": rows}
+        with translated():
+            async with self.pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute(self._sql["fold_lock"], params)
+                locked = await cursor.fetchone()
+                if not (locked and locked[0]):
+                    return None
+                cursor = await conn.execute(self._sql["fold_counters"], params)
+                moved = await cursor.fetchone()
+        return int(moved[0]) if moved else 0
+
+    async def topics(self) -> list[str]:
+        """Every topic this stream counts."""
+        return await self._topics("stream_topics", {"stream": await self.stream_id()})
+
+    async def counted_topics(self, candidates: Sequence[str]) -> set[str]:
+        """Those of `candidates` that this stream counts."""
+        return set(await self._topics("counted_topics", {
+            "stream": await self.stream_id(), "topics": list(candidates)}))
+
+    async def _topics(self, query: str, params: dict[str, Any]) -> list[str]:
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql[query], params)
+                return [topic for topic, in await cursor.fetchall()]
 
     async def events_page(
         self, *, topic: str | None, after: StreamId | None, below: StreamId, limit: int

@@ -12,7 +12,7 @@ One word, one meaning: *pending* is what SPEC §3 calls pending, accepted and no
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from shared.constants import EVENT_FIELD, REPLAY_FIELD, mark_key, received_key
+from shared.constants import EVENT_FIELD, REPLAY_FIELD, mark_key, received_key, topics_key
 from shared.entries import StreamId
 from shared.exceptions import BrokerUnavailable, GroupMissing
 from shared.paths import LUA_DIR
@@ -92,6 +92,18 @@ class Claimed:
 CLAIM_START = b"0-0"
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the set of admitted topics answered a request's topics (admit_topics.lua)."""
+
+    unseeded: bool = False  # the set was never seeded from the store: nothing was done
+    held: int = 0  # topics in the set
+    refused: tuple[str, ...] = ()  # the new topics, refused: the set would go past the limit
+
+
+TOPICS_PER_SADD = 10_000
+
+
 class Stream:
     def __init__(self, redis: Redis, *, key: str, group: str) -> None:
         self.redis = redis
@@ -103,6 +115,7 @@ class Stream:
             (LUA_DIR / "remove_gone_consumers.lua").read_text())
         self._claim_idle = redis.register_script((LUA_DIR / "claim_idle.lua").read_text())
         self._keep_owned = redis.register_script((LUA_DIR / "keep_owned.lua").read_text())
+        self._admit_topics = redis.register_script((LUA_DIR / "admit_topics.lua").read_text())
 
     async def ensure_group(self, after: StreamId | None = None) -> bool:
         """Create the group (and the stream) unless it exists; True when it was created.
@@ -163,6 +176,37 @@ class Stream:
         with broker_errors():
             await self._publish(keys=[self.key, received_key(self.key)],
                                 args=[EVENT_FIELD, *events])
+
+    async def admit_topics(self, topics: Collection[str], *, limit: int,
+                           seeded: bool) -> Admission:
+        """Admit every topic, or none if the new ones would take the set of admitted topics
+        past `limit`, in one atomic step. With `seeded`, only a set seeded from the store
+        (`add_topics(..., seeded=True)`) is counted on; without, the set as it is."""
+        with broker_errors():
+            reply = await self._admit_topics(
+                keys=[topics_key(self.key)],
+                args=[limit, "seeded" if seeded else "open", *topics])
+        if reply[0] == 0:
+            return Admission(unseeded=True)
+        return Admission(held=int(reply[1]), refused=tuple(_text(topic) for topic in reply[2:]))
+
+    async def add_topics(self, topics: Collection[str], *, seeded: bool = False) -> None:
+        """Add topics to the set of admitted topics whatever its limit (topics the store
+        counts); with `seeded`, then mark the set seeded from the store."""
+        key, listed = topics_key(self.key), list(topics)
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(listed), TOPICS_PER_SADD):
+            pipe.sadd(key, *listed[start:start + TOPICS_PER_SADD])
+        if seeded:
+            pipe.sadd(key, "")
+        with broker_errors():
+            await pipe.execute()
+
+    async def unseed_topics(self) -> None:
+        """Mark the set of admitted topics as not seeded: it is not kept up to date from now
+        on (no limit), and a limit set later must seed it again from the store."""
+        with broker_errors():
+            await self.redis.srem(topics_key(self.key), "")
 
     async def read_new(self, consumer: str, count: int, block_ms: int) -> list[RawEntry]:
         """Entries never delivered to the group, now delivered to `consumer` (XREADGROUP >)."""

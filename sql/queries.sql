@@ -5,7 +5,8 @@
 
 -- name: stream_id
 -- The id of a stream's rows, made on first use. Two processes making it at once both end with
--- the row of whichever committed first.
+-- the row of whichever committed first; but the one whose insert waited for the other's
+-- finds no row here (its snapshot was taken before that commit) and runs this again.
 WITH made AS (
     INSERT INTO streams (name) VALUES (%(name)s)
     ON CONFLICT ON CONSTRAINT streams_name_key DO NOTHING
@@ -303,13 +304,136 @@ JOIN unnest(%(stream_ms)s::bigint[], %(stream_seq)s::bigint[]) AS p(ms, seq)
   ON d.stream = %(stream)s AND d.stream_ms = p.ms AND d.stream_seq = p.seq
 ORDER BY stream_ms, stream_seq;
 
--- name: topic_stats
-SELECT topic, sum(unique_processed)::bigint, sum(duplicate_dropped)::bigint,
-       sum(dead_lettered)::bigint
-FROM topic_stats
-WHERE stream = %(stream)s
-GROUP BY topic
-ORDER BY topic;
+-- name: without_jit
+-- For this transaction: compiling a plan to machine code costs a third of a second when the
+-- planner's estimates run high (a counter table just emptied by a fold, until autovacuum
+-- counts its rows again), for a read that takes milliseconds.
+SELECT set_config('jit', 'off', true);
+
+-- name: stats
+-- The counters /stats shows, in one statement (one snapshot: a fold moves counts between the
+-- tables in one transaction, so no sum here ever sees them twice or not at all): the `top`
+-- busiest topics (all of them when NULL), by unique_processed + duplicate_dropped, then by
+-- name; then one row of NULL topic with the stream's totals and its number of topics. The
+-- topic '' (dead letters whose topic could not be read) counts in the totals only.
+-- What it reads grows with `top` and the shard rows not folded yet, not with the topics: the
+-- busiest folded topics come from an index, and every topic with shard rows is a candidate.
+-- That is exact because no topic's volume goes down: a topic outside the folded top N is
+-- below each of them, and they only gain from their shard rows.
+WITH recent AS (
+    SELECT topic, sum(unique_processed)::bigint AS unique_processed,
+           sum(duplicate_dropped)::bigint AS duplicate_dropped,
+           sum(dead_lettered)::bigint AS dead_lettered
+    FROM topic_stats
+    WHERE stream = %(stream)s
+    GROUP BY topic
+), candidates AS (
+    (SELECT topic FROM topic_totals
+     WHERE stream = %(stream)s AND topic <> ''
+     ORDER BY unique_processed + duplicate_dropped DESC, topic
+     LIMIT %(top)s)
+    UNION
+    SELECT topic FROM recent WHERE topic <> ''
+), counted AS (
+    SELECT c.topic,
+           coalesce(t.unique_processed, 0) + coalesce(r.unique_processed, 0) AS unique_processed,
+           coalesce(t.duplicate_dropped, 0) + coalesce(r.duplicate_dropped, 0)
+               AS duplicate_dropped,
+           coalesce(t.dead_lettered, 0) + coalesce(r.dead_lettered, 0) AS dead_lettered
+    FROM candidates c
+    LEFT JOIN topic_totals t ON t.stream = %(stream)s AND t.topic = c.topic
+    LEFT JOIN recent r ON r.topic = c.topic
+)
+SELECT topic, unique_processed, duplicate_dropped, dead_lettered, topics
+FROM (
+    (SELECT topic, unique_processed, duplicate_dropped, dead_lettered, NULL::bigint AS topics
+     FROM counted
+     ORDER BY unique_processed + duplicate_dropped DESC, topic
+     LIMIT %(top)s)
+    UNION ALL
+    SELECT NULL,
+           (coalesce((SELECT unique_processed FROM stream_totals WHERE stream = %(stream)s), 0)
+            + coalesce((SELECT sum(unique_processed) FROM recent), 0))::bigint,
+           (coalesce((SELECT duplicate_dropped FROM stream_totals WHERE stream = %(stream)s), 0)
+            + coalesce((SELECT sum(duplicate_dropped) FROM recent), 0))::bigint,
+           (coalesce((SELECT dead_lettered FROM stream_totals WHERE stream = %(stream)s), 0)
+            + coalesce((SELECT sum(dead_lettered) FROM recent), 0))::bigint,
+           coalesce((SELECT topics FROM stream_totals WHERE stream = %(stream)s), 0)
+           + (SELECT count(*) FROM recent r
+              WHERE r.topic <> ''
+                AND NOT EXISTS (SELECT 1 FROM topic_totals t
+                                WHERE t.stream = %(stream)s AND t.topic = r.topic))
+) AS answer
+-- the topics, busiest first, then the totals (topic NULL)
+ORDER BY topic IS NULL, unique_processed + duplicate_dropped DESC, topic;
+
+-- name: fold_lock
+-- One fold at a time per stream (two would only wait for each other's rows), for this
+-- transaction: false when another holds it.
+SELECT pg_try_advisory_xact_lock(%(lock)s::int4, %(stream)s::int4);
+
+-- name: fold_counters
+-- Move up to `rows` counter shard rows into topic_totals and stream_totals, in the caller's
+-- transaction: sums over both tables are the same before and after. Rows a settling
+-- transaction holds are skipped (the next fold takes them), so a fold never waits for one;
+-- a settling transaction that wants a row the fold took waits for the fold's commit, then
+-- inserts it anew. Returns the shard rows moved.
+WITH taken AS (
+    SELECT topic, shard
+    FROM topic_stats
+    WHERE stream = %(stream)s
+    ORDER BY topic, shard  -- down the primary key, past the index entries of rows folded
+    LIMIT %(rows)s
+    FOR UPDATE SKIP LOCKED
+), moved AS (
+    DELETE FROM topic_stats AS s
+    USING taken
+    WHERE s.stream = %(stream)s AND s.topic = taken.topic AND s.shard = taken.shard
+    RETURNING s.topic, s.unique_processed, s.duplicate_dropped, s.dead_lettered
+), sums AS (
+    SELECT topic, sum(unique_processed)::bigint AS unique_processed,
+           sum(duplicate_dropped)::bigint AS duplicate_dropped,
+           sum(dead_lettered)::bigint AS dead_lettered
+    FROM moved
+    GROUP BY topic
+), folded AS (
+    INSERT INTO topic_totals AS t (stream, topic, unique_processed, duplicate_dropped,
+                                   dead_lettered)
+    SELECT %(stream)s, topic, unique_processed, duplicate_dropped, dead_lettered
+    FROM sums ORDER BY topic
+    ON CONFLICT ON CONSTRAINT topic_totals_pkey DO UPDATE
+    SET unique_processed = t.unique_processed + excluded.unique_processed,
+        duplicate_dropped = t.duplicate_dropped + excluded.duplicate_dropped,
+        dead_lettered = t.dead_lettered + excluded.dead_lettered
+    RETURNING topic, (xmax = 0) AS new
+), totals AS (
+    INSERT INTO stream_totals AS st (stream, topics, unique_processed, duplicate_dropped,
+                                     dead_lettered)
+    SELECT %(stream)s, (SELECT count(*) FROM folded WHERE new AND topic <> ''),
+           sum(unique_processed), sum(duplicate_dropped), sum(dead_lettered)
+    FROM sums
+    HAVING count(*) > 0
+    ON CONFLICT ON CONSTRAINT stream_totals_pkey DO UPDATE
+    SET topics = st.topics + excluded.topics,
+        unique_processed = st.unique_processed + excluded.unique_processed,
+        duplicate_dropped = st.duplicate_dropped + excluded.duplicate_dropped,
+        dead_lettered = st.dead_lettered + excluded.dead_lettered
+)
+SELECT count(*) FROM moved;
+
+-- name: stream_topics
+-- Every topic this stream counts (the topic '' left out), in no order.
+SELECT topic FROM topic_totals WHERE stream = %(stream)s AND topic <> ''
+UNION
+SELECT topic FROM topic_stats WHERE stream = %(stream)s AND topic <> '';
+
+-- name: counted_topics
+-- Which of these topics this stream counts (the topic '' left out).
+SELECT topic FROM topic_totals
+WHERE stream = %(stream)s AND topic = ANY(%(topics)s::text[]) AND topic <> ''
+UNION
+SELECT topic FROM topic_stats
+WHERE stream = %(stream)s AND topic = ANY(%(topics)s::text[]) AND topic <> '';
 
 -- name: events_page
 -- Pages stop below the first position the group may not have settled (`below`): an entry still

@@ -135,7 +135,7 @@ async def run_until_drained(settings: Settings, stream: Stream, store: Store,
 def counts(sql: psycopg.Connection[Any]) -> tuple[int, int, int]:
     """(unique_processed, duplicate_dropped, rows in events)."""
     row = sql.execute("SELECT coalesce(sum(unique_processed), 0), "
-                      "coalesce(sum(duplicate_dropped), 0) FROM topic_stats").fetchone()
+                      "coalesce(sum(duplicate_dropped), 0) FROM topic_counts").fetchone()
     rows = sql.execute("SELECT count(*) FROM events").fetchone()
     assert row is not None and rows is not None
     return int(row[0]), int(row[1]), int(rows[0])
@@ -148,6 +148,14 @@ async def balance(store: Store, stream: Stream) -> dict[str, int]:
             "unique": totals.total("unique_processed"),
             "duplicate": totals.total("duplicate_dropped"),
             "dead": totals.total("dead_lettered")}
+
+
+async def waiting_for_locks(sql: psycopg.Connection[Any], count: int) -> bool:
+    """Whether `count` backends of this database wait for a lock."""
+    await asyncio.sleep(0)
+    row = sql.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                      "AND datname = current_database()").fetchone()
+    return bool(row and row[0] == count)
 
 
 def logged(records: Sequence[logging.LogRecord], action: str) -> list[logging.LogRecord]:

@@ -3,9 +3,11 @@
 Every consumer does it now and then; doing it twice at once is harmless. Settled entries are
 trimmed (never one that is pending or not yet delivered) and the store's settled floor rises to
 the same point, pruning the duplicate ledger below it; consumers that are gone (nothing pending,
-idle for CONSUMER_GONE_MS) are removed from the group; the group's gauges (unacked, lag,
-age of the oldest unacked entry) are refreshed; and the invariants that need a look at both
-servers are checked (`invariants.py`: the broker's history, the balance).
+idle for CONSUMER_GONE_MS) are removed from the group; the counter shards settled since the
+last round are folded into the topics' totals, which keeps what `/stats` reads small whatever
+the number of topics (sql/0007_counter_totals.sql); the group's gauges (unacked, lag, age of
+the oldest unacked entry) are refreshed; and the invariants that need a look at both servers
+are checked (`invariants.py`: the broker's history, the balance).
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ import time
 from services.consumer import invariants
 from shared.metrics import record_group_state
 from shared.settings import Settings
-from shared.store import Store
+from shared.store import FOLD_ROWS, Store
 from shared.stream import Stream
 
 logger = logging.getLogger(__name__)
 
 INTERVAL_S = 5.0
+# Folds of FOLD_ROWS counter shard rows one round makes at most (about 40 ms each): a backlog
+# of them, such as a database settled before the totals existed, is folded over several rounds
+# instead of holding up this consumer's batches.
+FOLD_PARTS = 5
 
 
 class Housekeeping:
@@ -53,9 +59,21 @@ class Housekeeping:
             else:
                 trimmed = await self.stream.trim_below(state.settled_below)
         removed = await self.stream.remove_gone_consumers(self.gone_ms)
+        folded = await self.fold_counters()
         await invariants.check_broker_history(self.stream, self.store)
         await invariants.check_balance(self.stream, self.store)
-        if trimmed or pruned or removed:
+        if trimmed or pruned or removed or folded:
             logger.info("housekeeping", extra={
                 "action": "housekeeping", "trimmed": trimmed, "ledger_pruned": pruned,
-                "consumers_removed": len(removed)})
+                "consumers_removed": len(removed), "counters_folded": folded})
+
+    async def fold_counters(self) -> int:
+        """Fold counter shard rows, FOLD_PARTS parts at most; return how many rows. Another
+        consumer folding at the same time makes this round fold nothing."""
+        folded = 0
+        for _ in range(FOLD_PARTS):
+            moved = await self.store.fold_counters()
+            folded += moved or 0
+            if moved is None or moved < FOLD_ROWS:
+                break
+        return folded

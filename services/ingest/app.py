@@ -20,6 +20,7 @@ from services.ingest.keys import BACKLOG, KEYRING, RATE_LIMITS, SETTINGS, STARTE
 from services.ingest.middlewares import count_requests, errors_as_json
 from services.ingest.rate_limits import RateLimits
 from services.ingest.routes import setup_routes
+from services.ingest.topics import TOPICS, Topics
 from shared.clients import INGEST, opened
 from shared.exceptions import Unavailable
 from shared.settings import Settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STARTED] = time.monotonic()
+    app[TOPICS] = Topics(settings.max_topics)
     app.cleanup_ctx.append(_clients)
     setup_routes(app)
     return app

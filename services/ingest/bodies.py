@@ -8,7 +8,6 @@ serialized as it goes into the stream, ready to append.
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any, NamedTuple
 
 import orjson
@@ -49,18 +48,13 @@ async def read_events(request: web.Request, settings: Settings) -> Batch:
         raise ApiError(413, "too_many_events",
                        f"{len(events)} events is over MAX_BATCH_EVENTS "
                        f"({settings.max_batch_events}): split the batch")
-    problems = validation.iter_problems(events)
-    listed = list(islice(problems, validation.MAX_DETAILS))
-    if listed:
-        bad = {problem["index"] for problem in listed}
-        total = len(listed)
-        for problem in problems:  # the rest, counted, not listed
-            bad.add(problem["index"])
-            total += 1
-        shown = f"; the first {len(listed)} are listed" if total > len(listed) else ""
+    found = validation.report(events)  # the first MAX_DETAILS problems; the rest counted
+    if found.total:
+        listed = found.listed
+        shown = f"; the first {len(listed)} are listed" if found.total > len(listed) else ""
         raise ApiError(422, "invalid_event",
-                       f"{len(bad)} of {len(events)} events failed validation, {total} "
-                       f"problem(s){shown}; none was accepted", details=listed)
+                       f"{found.events} of {len(events)} events failed validation, "
+                       f"{found.total} problem(s){shown}; none was accepted", details=listed)
     # An event's size is that of the copy the stream keeps (compact JSON, as orjson writes it):
     # what a consumer will read, whatever whitespace or escapes the client sent. Serializing
     # comes after the schema, which keeps events orjson could not write (nested too deep)

@@ -21,6 +21,7 @@ from services.ingest.auth import API_KEY, check_events, check_topic, rate_limite
 from services.ingest.bodies import read_events
 from services.ingest.errors import ApiError, json_dumps
 from services.ingest.keys import BACKLOG, RATE_LIMITS, SETTINGS, STARTED, STORE, STREAM
+from services.ingest.topics import admit_topics
 from shared import cursor, snapshot
 from shared.exceptions import BrokerUnavailable, InvalidCursor, StoreUnavailable, Unavailable
 from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS, record_alarms, record_group_state
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
 LIMIT = re.compile(r"[0-9]{1,6}")
+# Topics /stats lists, the busiest first: every open dashboard asks each second, so the answer
+# stays the same small size whatever the number of topics (`topics_total` counts them all).
+STATS_TOPICS = 100
+MAX_STATS_TOPICS = 1000
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -41,6 +46,7 @@ async def publish(request: web.Request) -> web.Response:
     started = time.perf_counter()
     batch = await read_events(request, request.app[SETTINGS])
     await admit(request, batch.events)
+    await admit_topics(request.app, batch.events)
     await append(request.app, batch.serialized)
     EVENTS_ACCEPTED.inc(len(batch.events))
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
@@ -118,9 +124,14 @@ def _bad_query(name: str, why: str) -> ApiError:
 
 
 async def stats(request: web.Request) -> web.Response:
-    look = await snapshot.take(request.app[STREAM], request.app[STORE])
+    """The counters, the `?topics=N` busiest topics (default STATS_TOPICS) and how many topics
+    there are. The totals count every topic, and "" too (letters of entries whose topic could
+    not be read), which is never listed."""
+    top = _stats_query(request.query)
+    look = await snapshot.take(request.app[STREAM], request.app[STORE], topics=top)
     record_alarms(look.alarms)
     counts = look.counts
+    key = request.get(API_KEY)  # a key limited to topics sees only those listed
     return _json({
         "received": look.received,
         "unique_processed": counts.total("unique_processed"),
@@ -132,10 +143,23 @@ async def stats(request: web.Request) -> web.Response:
             topic: {"unique_processed": c.unique_processed,
                     "duplicate_dropped": c.duplicate_dropped}
             for topic, c in counts.topics.items()
-            if topic  # "": letters of entries whose topic could not be read
+            if key is None or key.may_use_topic(topic)
         },
+        "topics_total": counts.topics_total,
         "alarms": [alarm.as_json() for alarm in look.alarms],
     })
+
+
+def _stats_query(query: Any) -> int:
+    unknown = sorted(set(query) - {"topics"})
+    if unknown:
+        raise _bad_query(unknown[0], "is not a parameter of /stats (topics)")
+    if len(query.getall("topics", [])) > 1:
+        raise _bad_query("topics", "is given more than once")
+    raw = query.get("topics", str(STATS_TOPICS))
+    if not LIMIT.fullmatch(raw) or int(raw) > MAX_STATS_TOPICS:
+        raise _bad_query("topics", f"must be a whole number from 0 to {MAX_STATS_TOPICS}")
+    return int(raw)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from tests.helpers import (
     run_until_drained,
     running,
     settle_like_a_consumer,
+    waiting_for_locks,
     with_duplicates,
 )
 
@@ -73,14 +74,6 @@ async def test_concurrent_transactions_count_each_key_once_and_each_entry_once(
     ledger = {StreamId(ms, seq) for ms, seq in sql.execute(
         "SELECT stream_ms, stream_seq FROM duplicate_entries").fetchall()}
     assert ledger == settled - set(stored)
-
-
-async def waiting_for_locks(sql: psycopg.Connection[Any], count: int) -> bool:
-    """Whether `count` backends of this database wait for a lock."""
-    await asyncio.sleep(0)
-    row = sql.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                      "AND datname = current_database()").fetchone()
-    return bool(row and row[0] == count)
 
 
 async def test_a_copy_judged_while_another_transaction_moves_the_row_below_it_is_counted(
@@ -142,7 +135,7 @@ async def test_three_consumers_store_each_key_once_and_count_every_duplicate(
     assert sum(c.totals.unique for c in trio) == 1400
     assert all(c.totals.batches > 0 for c in trio), "every consumer took part"
     per_topic = dict(sql.execute("SELECT topic, sum(unique_processed + duplicate_dropped) "
-                                 "FROM topic_stats GROUP BY topic").fetchall())
+                                 "FROM topic_counts GROUP BY topic").fetchall())
     expected: dict[str, int] = {}
     for e in events:
         expected[e["topic"]] = expected.get(e["topic"], 0) + 1

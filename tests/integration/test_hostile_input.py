@@ -4,8 +4,8 @@ The app runs on the session's real Redis and PostgreSQL, so a 5xx can only be a 
 properties hold for every request:
 
 1. no input produces a 5xx, and every error answer is `{"error", "message", "details"}` JSON;
-2. a 4xx changes no counter (Redis `received`, the stream's length, PostgreSQL's `topic_stats`
-   totals), and a 202 `{"accepted": N}` grows `received` and the stream by exactly N.
+2. a 4xx changes no counter (Redis `received`, the stream's length, PostgreSQL's counters,
+   `topic_counts`), and a 202 `{"accepted": N}` grows `received` and the stream by exactly N.
 
 And once the consumer code has settled them, `GET /events` lists every event answered 202, in
 the order sent, as the client sent it (README: timestamp in UTC with `Z`, integers beyond 64 bits
@@ -168,7 +168,7 @@ class Ingest:
         key = self.settings.stream_key
         row = self.sql.execute(
             "SELECT coalesce(sum(unique_processed), 0), coalesce(sum(duplicate_dropped), 0),"
-            " coalesce(sum(dead_lettered), 0) FROM topic_stats").fetchone()
+            " coalesce(sum(dead_lettered), 0) FROM topic_counts").fetchone()
         assert row is not None
         return Counters(received=int(self.redis.get(received_key(key)) or 0),
                         stream_length=int(self.redis.xlen(key)),

@@ -179,6 +179,27 @@ async def test_a_422_lists_the_first_problems_and_counts_them_all_whatever_the_b
     assert await nothing_enqueued(redis, settings)
 
 
+@pytest.mark.parametrize("body", [
+    orjson.dumps([event(str(n)) | {f"f{i}": 0 for i in range(400)} for n in range(1000)]),
+    orjson.dumps([event(topic=[0] * 400_000, event_id="x" * 1_000_000,
+                        source={f"k{i}": i for i in range(100_000)})]),
+    orjson.dumps([event(**{"x" * 1_000_000: 1})]),
+    b"[" * 1020 + b"]" * 1020,
+    b'{"topic":' + b"[" * 1020 + b"]" * 1020 + b"}",
+], ids=["1000-events-of-400-unknown-fields", "megabyte-values", "megabyte-field-name",
+        "array-event-1019-deep", "topic-1020-deep"])
+async def test_a_422_stays_small_whatever_the_values_it_quotes(
+        client: Client, redis: Redis, settings: Settings, body: bytes) -> None:
+    """Messages quote the values they are about, and paths name the fields: both are cut to
+    validation.MAX_TEXT characters (a megabyte value made a megabyte message; an array nested
+    a thousand deep made a 500, Python's repr running out of stack)."""
+    answer = await client.post("/publish", data=io.BytesIO(body),
+                               headers={"Content-Type": "application/json"})
+    assert answer.status == 422
+    assert len(await answer.read()) < 2 * validation.MAX_DETAILS * validation.MAX_TEXT
+    assert await nothing_enqueued(redis, settings)
+
+
 async def test_publish_answers_503_with_retry_after_when_redis_is_unreachable(
         settings: Settings) -> None:
     down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
@@ -293,7 +314,7 @@ async def test_stats_gives_every_counter_and_each_topic_exactly(
     assert (answer.status, await answer.json()) == (202, {"accepted": 7})
     assert await stats_without_uptime(client) == {
         "received": 7, "unique_processed": 0, "duplicate_dropped": 0, "dead_lettered": 0,
-        "pending": 7, "topics": {}, "alarms": []}  # nothing delivered: all lag
+        "pending": 7, "topics": {}, "topics_total": 0, "alarms": []}  # nothing delivered
 
     worker = dataclasses.replace(settings, consumer_name="worker", max_deliveries=1)
     await stream.ensure_group()
@@ -308,7 +329,7 @@ async def test_stats_gives_every_counter_and_each_topic_exactly(
         "pending": 0,
         "topics": {"auth": {"unique_processed": 2, "duplicate_dropped": 1},
                    "billing": {"unique_processed": 1, "duplicate_dropped": 2}},
-        "alarms": []}
+        "topics_total": 2, "alarms": []}
 
 
 async def test_healthz_readyz_and_metrics_answer_200(client: Client) -> None:

@@ -25,7 +25,16 @@ from shared.constants import received_key
 from shared.keys import digest
 from shared.settings import Settings
 from shared.store import Store
-from tests.helpers import ADMIN_KEY, api_client, bearer, event, eventually, nothing_enqueued
+from shared.stream import Stream
+from tests.helpers import (
+    ADMIN_KEY,
+    api_client,
+    bearer,
+    event,
+    eventually,
+    nothing_enqueued,
+    run_until_drained,
+)
 
 Client = TestClient[Any, Any]
 JSON = {"Content-Type": "application/json"}
@@ -357,3 +366,17 @@ async def test_a_key_limited_to_topics_reads_only_those(
     for params in ({"topic": "billing"}, {"topic": "app"}, {}):
         await refused(await keyless.get("/events", params=params, headers=bearer(key)), 403,
                       "forbidden")
+
+
+async def test_a_key_limited_to_topics_sees_only_those_in_stats(
+        keyless: Client, settings: Settings, stream: Stream, store: Store) -> None:
+    await stream.ensure_group()
+    batch = [event("1", topic="auth"), event("2", topic="app.web"), event("3", topic="billing")]
+    assert (await post(keyless, batch, ADMIN_KEY)).status == 202
+    await run_until_drained(settings, stream, store)
+    everything = await (await keyless.get("/stats", headers=bearer(ADMIN_KEY))).json()
+    assert set(everything["topics"]) == {"auth", "app.web", "billing"}
+    key = await make(settings, keyless, scopes=["read"], topics=["auth", "app.*"])
+    limited = await (await keyless.get("/stats", headers=bearer(key))).json()
+    assert set(limited["topics"]) == {"auth", "app.web"}
+    assert limited["unique_processed"] == 3  # the totals stay the deployment's

@@ -40,6 +40,7 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "batch_bytes": 134217728,
     "api_key": "",
     "keys_refresh_ms": 500,
+    "max_topics": 10_000,
 }
 DEFAULTS = {**SPEC_DEFAULTS, **EXTRA_DEFAULTS}
 
@@ -73,6 +74,7 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "auth": ("off", "off"),
     "api_key": ("lgk_" + "k" * 43, "lgk_" + "k" * 43),
     "keys_refresh_ms": ("100", 100),
+    "max_topics": ("500", 500),
 }
 
 
@@ -259,6 +261,12 @@ def test_max_backlog_zero_means_no_limit_and_a_negative_one_is_an_error() -> Non
     assert Settings.from_env({"MAX_BACKLOG": "0"}).max_backlog == 0
     with pytest.raises(ConfigurationError, match="MAX_BACKLOG"):
         Settings.from_env({"MAX_BACKLOG": "-1"})
+
+
+def test_max_topics_zero_means_no_limit_and_a_negative_one_is_an_error() -> None:
+    assert Settings.from_env({"MAX_TOPICS": "0"}).max_topics == 0
+    with pytest.raises(ConfigurationError, match="MAX_TOPICS"):
+        Settings.from_env({"MAX_TOPICS": "-1"})
 
 
 @pytest.mark.parametrize(("batch_size", "batch_bytes", "max_event_bytes", "count"), [

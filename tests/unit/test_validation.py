@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.validation import MAX_DEPTH, problems
+from shared import validation
+from shared.exceptions import ConfigurationError
+from shared.paths import SCHEMA_FILE
+from shared.validation import MAX_DEPTH, MAX_DETAILS, MAX_TEXT, _Shape, problems, report
 from tests.helpers import event
 
 STRING_FIELDS = ["topic", "event_id", "source"]
@@ -325,3 +329,133 @@ def test_the_fast_check_and_jsonschema_agree_on_every_event(candidate: object) -
 def test_short_or_odd_timestamps_are_reported_not_crashed_on(timestamp: str) -> None:
     [problem] = problems([event(timestamp=timestamp)])
     assert problem["path"] == "/timestamp"
+
+
+# What a bad request costs is bounded whatever it holds: jsonschema sees each bad event's known
+# fields only, standing in for themselves; problems past the listed ones are counted, not built.
+
+WIDE = 250_000  # unknown fields of issue 11's event
+
+
+class Spy:
+    """Counts what validation asks of jsonschema, and the problems it builds."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.instances: list[Any] = []
+        self.built = 0
+        real_validator, real_problem = validation._validator(), validation._problem
+        spy = self
+
+        class Validator:
+            def iter_errors(self, instance: Any) -> Any:
+                spy.instances.append(instance)
+                return real_validator.iter_errors(instance)
+
+        def problem(*args: Any) -> Any:
+            spy.built += 1
+            return real_problem(*args)
+
+        monkeypatch.setattr(validation, "_validator", Validator)
+        monkeypatch.setattr(validation, "_problem", problem)
+
+    def widest(self) -> int:
+        return max(len(instance) for instance in self.instances)
+
+
+def test_a_report_lists_the_first_problems_and_counts_every_one_and_every_bad_event() -> None:
+    events = [event("ok"), event("a", extra=1, topic=""), {}, event("b", timestamp="no")]
+    found = report(events, limit=3)
+    everything = problems(events)
+    assert found.listed == everything[:3]
+    assert (found.total, found.events) == (len(everything), 3)
+
+
+def test_an_event_of_250_000_unknown_fields_costs_one_bounded_jsonschema_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = Spy(monkeypatch)
+    found = report([event("ok"), event("wide") | {f"f{i}": 0 for i in range(WIDE)}])
+    assert (found.total, found.events) == (WIDE, 1)
+    assert [p["path"] for p in found.listed] == [f"/f{i}" for i in range(MAX_DETAILS)]
+    assert len(spy.instances) == 1  # the bad event, once; the valid one never reaches it
+    assert spy.widest() <= len(REQUIRED_FIELDS)
+    assert spy.built == MAX_DETAILS
+
+
+def test_a_thousand_events_of_many_unknown_fields_cost_a_bounded_call_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = Spy(monkeypatch)
+    events = [event(str(n)) | {f"f{i}": 0 for i in range(400)} for n in range(1000)]
+    found = report(events)
+    assert (found.total, found.events, len(found.listed)) == (400_000, 1000, MAX_DETAILS)
+    assert len(spy.instances) == 1000
+    assert spy.widest() <= len(REQUIRED_FIELDS)
+    assert spy.built == MAX_DETAILS
+
+
+def nested_array(levels: int) -> Any:
+    """An array `levels` deep, as a client can send it (JSON parsers stop at 1024 levels)."""
+    return orjson.loads(b"[" * levels + b"]" * levels)
+
+
+@pytest.mark.parametrize("candidate", [
+    event(topic=[0] * 500_000), event(event_id="x" * 1_000_000),
+    event(timestamp="9" * 1_000_000), event(source={f"k{i}": i for i in range(100_000)}),
+    event(payload="z" * 1_000_000), event(**{"x" * 1_000_000: 1}),
+    event(payload={"k" * 1_000_000: {"v" * 1_000_000: "\x00"}}),
+    nested_array(1019), event(topic=nested_array(1018)), "s" * 1_000_000,
+], ids=["topic-array", "long-event-id", "long-timestamp", "source-object", "payload-string",
+        "long-unknown-name", "long-payload-keys", "deep-array-event", "deep-array-topic",
+        "string-event"])
+def test_a_problem_stays_short_whatever_the_value_it_is_about(candidate: Any) -> None:
+    found = problems([candidate])
+    assert found
+    assert all(len(p["path"]) <= MAX_TEXT and len(p["message"]) <= MAX_TEXT for p in found)
+
+
+def test_jsonschema_gets_containers_empty_and_long_strings_quoted_short(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = Spy(monkeypatch)
+    [problem] = problems([event(topic=list(range(1000)))])
+    [view] = spy.instances
+    assert view["topic"] == []
+    assert problem["message"] == "[0, 1, 2, 3, 4, 5, ...] is not of type 'string'"
+    [problem] = problems([event(event_id="x" * 1000)])
+    assert problem["message"].endswith("' is too long")
+    assert len(problem["message"]) < 100
+
+
+def test_a_path_too_long_points_at_the_deepest_value_that_fits() -> None:
+    [problem] = problems([event(payload={"ok": {"k" * 1000: "\x00"}})])
+    assert problem["path"] == "/payload/ok"
+    [problem] = problems([event(**{"u" * 1000: 1})])
+    assert problem["path"] == ""
+    assert problem["message"].startswith("unknown field 'uuuu")
+
+
+@pytest.mark.parametrize("change", [
+    {"properties": {"payload": {"type": "object", "properties": {"a": {"type": "string"}}}}},
+    {"properties": {"topic": {"enum": ["a", "b"]}}},
+    {"additionalProperties": True},
+    {"patternProperties": {"^x-": {}}},
+    {"type": "array"},
+], ids=["payload-described", "enum", "additional-allowed", "pattern-properties", "array"])
+def test_a_schema_whose_checks_reach_past_a_fields_value_is_refused(
+        change: dict[str, Any]) -> None:
+    schema = orjson.loads(SCHEMA_FILE.read_bytes()) | change
+    with pytest.raises(ConfigurationError, match="bound its cost"):
+        _Shape.of(schema)
+
+
+def test_the_shipped_schema_names_the_fields_validation_knows() -> None:
+    assert _Shape.of(orjson.loads(SCHEMA_FILE.read_bytes())).properties == set(REQUIRED_FIELDS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_event_likes() | _near_valid(), max_size=6), st.integers(0, 4))
+def test_a_report_is_the_first_problems_of_the_full_list_and_counts_them_all(
+        candidates: list[object], limit: int) -> None:
+    everything = problems(candidates)
+    found = report(candidates, limit=limit)
+    assert found.listed == everything[:limit]
+    assert found.total == len(everything)
+    assert found.events == len({p["index"] for p in everything})
