@@ -46,6 +46,15 @@ class Settings:
     log_format: str = "auto"  # json | text | auto (text on a terminal, JSON lines otherwise)
     # Beyond SPEC §1: backpressure and stream upkeep.
     max_backlog: int = 500_000  # entries pending or undelivered before ingest answers 503; 0: off
+    # The edge: how long a client may take and how much of ingest it may hold
+    # (services/ingest/server.py). A new connection has HEADER_TIMEOUT_MS to send its first
+    # request's headers; a kept-alive one KEEPALIVE_TIMEOUT_MS after an answer for the next
+    # (idle or half-sent: closed); a body BODY_TIMEOUT_MS once its headers are in (408).
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000  # a whole MAX_BODY_BYTES (5 MiB) at 1.4 Mbit/s
+    keepalive_timeout_ms: int = 15_000
+    max_connections: int = 1000  # per ingest process; past it a new one gets a 503 at once
+    max_requests_per_connection: int = 1000  # the answer to the last says `Connection: close`
     consumer_gone_ms: int = 3_600_000  # idle time after which a consumer with nothing pending
     #                                    is removed from the group
     # What one read may bring into a consumer, in event bytes (see `read_count`). 128 MiB
@@ -114,7 +123,10 @@ class Settings:
         if self.max_topics < 0:
             raise ConfigurationError(f"MAX_TOPICS must be 0 (no limit) or more, "
                                      f"got {self.max_topics}")
-        for name in positive:
+        # Every limit of the edge is on: none has a "0: off".
+        edge = ("header_timeout_ms", "body_timeout_ms", "keepalive_timeout_ms", "max_connections",
+                "max_requests_per_connection")
+        for name in positive + edge:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name.upper()} must be positive, "
                                          f"got {getattr(self, name)}")

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-import uvloop
-from aiohttp import web
-
-from services.ingest.app import create_app
+from services.ingest.server import serve
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -17,11 +14,8 @@ logger = logging.getLogger(__name__)
 def run(settings: Settings, args: argparse.Namespace) -> int:
     logger.info("ingest starting", extra={"action": "ingest_start", "host": settings.ingest_host,
                                           "port": settings.ingest_port})
-    # run_app turns SIGTERM/SIGINT into a graceful shutdown: stop listening, let in-flight
-    # requests finish, then run the cleanup contexts that close Redis and PostgreSQL.
-    web.run_app(create_app(settings), host=settings.ingest_host, port=settings.ingest_port,
-                shutdown_timeout=10, print=None, access_log=None, loop=uvloop.new_event_loop(),
-                # Several ingest processes may share the port; the kernel spreads connections.
-                reuse_port=True)
-    logger.info("ingest stopped", extra={"action": "ingest_stop"})
+    # The edge (services/ingest/server.py) bounds what clients hold; SIGTERM/SIGINT stop it
+    # gracefully: stop listening, let in-flight requests finish, then close Redis and PostgreSQL.
+    edge = serve(settings)
+    logger.info("ingest stopped", extra={"action": "ingest_stop", **edge.summary()})
     return 0

@@ -273,9 +273,10 @@ class _Sender:
 
 
 def _failure(status: int, headers: Mapping[str, str], text: bytes) -> Exception:
-    """What a non-202 answer means: worth retrying (5xx) or not (anything else)."""
+    """What a non-202 answer means: worth retrying (5xx; 408, the request was too slow to
+    arrive) or not (anything else)."""
     reason = f"{status} {_error_text(text)}"
-    if status >= 500:
+    if status >= 500 or status == 408:
         retry_after = _retry_after(headers) if status == 503 else None
         return _Retry(reason, retry_after)
     return _Rejected(reason)

@@ -34,6 +34,10 @@ async def broken(request: web.Request, body: bytes) -> web.StreamResponse:
     return _error(500, "internal", "something broke")
 
 
+async def too_slow(request: web.Request, body: bytes) -> web.StreamResponse:
+    return _error(408, "request_timeout", "the body did not arrive within BODY_TIMEOUT_MS")
+
+
 async def bad_request(request: web.Request, body: bytes) -> web.StreamResponse:
     return _error(400, "bad_json", "the body is not JSON")
 
@@ -115,6 +119,13 @@ async def test_retry_after_on_a_503_is_honoured() -> None:
 
 async def test_any_5xx_is_retried() -> None:
     ingest = Ingest(broken)
+    report = await publish(ingest, FIFTY)
+    assert (ingest.attempts, report.retries, report.events_accepted) == (2, 1, 50)
+
+
+async def test_a_408_is_retried() -> None:
+    # Ingest's edge gave up on a request slow to arrive (services/ingest/server.py).
+    ingest = Ingest(too_slow)
     report = await publish(ingest, FIFTY)
     assert (ingest.attempts, report.retries, report.events_accepted) == (2, 1, 50)
 

@@ -35,6 +35,12 @@ SPEC_DEFAULTS: dict[str, Any] = {
 # Settings the issues added beyond the SPEC table, with their documented defaults.
 EXTRA_DEFAULTS: dict[str, Any] = {
     "max_backlog": 500_000,
+    # the edge (services/ingest/server.py)
+    "header_timeout_ms": 10_000,
+    "body_timeout_ms": 30_000,
+    "keepalive_timeout_ms": 15_000,
+    "max_connections": 1000,
+    "max_requests_per_connection": 1000,
     "consumer_gone_ms": 3_600_000,
     "log_format": "auto",
     "batch_bytes": 134217728,
@@ -68,6 +74,11 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "max_event_bytes": ("65536", 65536),
     "log_level": ("DEBUG", "DEBUG"),
     "max_backlog": ("1000", 1000),
+    "header_timeout_ms": ("2000", 2000),
+    "body_timeout_ms": ("5000", 5000),
+    "keepalive_timeout_ms": ("3000", 3000),
+    "max_connections": ("50", 50),
+    "max_requests_per_connection": ("10", 10),
     "consumer_gone_ms": ("60000", 60000),
     "log_format": ("json", "json"),
     "batch_bytes": ("33554432", 33554432),
