@@ -134,15 +134,6 @@ Credential = Callable[[World], Awaitable[str]]
 
 
 @dataclass(frozen=True)
-class Awaiting:
-    """Code of issue 11 that other branches bring and main lacks yet. Until `landed` says it is
-    here, the scenario is an expected failure (xfail, named); from then on it runs and must pass
-    like any other, and the marker can go."""
-    what: str
-    landed: Callable[[World], Awaitable[bool]]
-
-
-@dataclass(frozen=True)
 class Scenario:
     name: str
     method: str
@@ -154,7 +145,6 @@ class Scenario:
     retry_after: str | None = None
     check: Callable[[Any], bool] | None = None  # more to expect of the JSON body
     key: str | None = ADMIN_KEY  # the key the client sends unless a request says otherwise
-    awaiting: Awaiting | None = None
 
 
 def redis_down(settings: Settings) -> Settings:
@@ -254,24 +244,6 @@ async def over_the_rate(world: World) -> ClientResponse:
     assert (await post(world.client, [event(str(i)) for i in range(5)],
                        authorization=key)).status == 202
     return await post(world.client, event("6"), authorization=key)
-
-
-# -- code other branches bring (issue 11) --------------------------------------------------------
-
-def has_setting(name: str) -> Callable[[World], Awaitable[bool]]:
-    async def landed(world: World) -> bool:
-        return name in {field.name for field in dataclasses.fields(Settings)}
-    return landed
-
-
-async def stats_count_every_topic(world: World) -> bool:
-    return "topics_total" in await (await world.client.get("/stats")).json()
-
-
-TOP_TOPICS = Awaiting("GET /stats listing the busiest topics and `topics_total`",
-                      stats_count_every_topic)
-MAX_TOPICS = Awaiting("MAX_TOPICS (setting max_topics): 422 too_many_topics",
-                      has_setting("max_topics"))
 
 
 async def store_events(world: World, *events: dict[str, Any]) -> None:
@@ -414,7 +386,7 @@ SCENARIOS = [
              check=lambda body: {p["index"] for p in body["details"]} == {1, 2, 3, 4, 5, 6}),
     Scenario("publish too many topics", "POST", "/publish", 422, a_topic_past_the_limit,
              variant=limits(max_topics=2), error="too_many_topics",
-             check=lambda body: problems(body) == [(1, "/topic")], awaiting=MAX_TOPICS),
+             check=lambda body: problems(body) == [(1, "/topic")]),
     Scenario("publish a body that stops coming", "POST", "/publish", 408,
              a_body_that_stops_coming, error="request_timeout"),
     Scenario("publish while redis is down", "POST", "/publish", 503, publish(event()),
@@ -471,15 +443,15 @@ SCENARIOS = [
              variant=keys_never_read, error="keys_unavailable", retry_after="1"),
     # GET /stats
     Scenario("stats", "GET", "/stats", 200, counters_with_topics,
-             check=stats_of_three_and_a_copy, awaiting=TOP_TOPICS),
+             check=stats_of_three_and_a_copy),
     Scenario("stats of the busiest topic", "GET", "/stats", 200, the_busiest_topic,
              check=lambda body: body["topics"] == {"auth": {"unique_processed": 2,
                                                             "duplicate_dropped": 1}}
-             and body["topics_total"] == 2, awaiting=TOP_TOPICS),
+             and body["topics_total"] == 2),
     Scenario("stats of too many topics", "GET", "/stats", 400, get("/stats", {"topics": "1001"}),
-             error="invalid_parameter", awaiting=TOP_TOPICS),
+             error="invalid_parameter"),
     Scenario("stats of a number of topics that is not one", "GET", "/stats", 400,
-             get("/stats", {"topics": "ten"}), error="invalid_parameter", awaiting=TOP_TOPICS),
+             get("/stats", {"topics": "ten"}), error="invalid_parameter"),
     Scenario("stats while redis is down", "GET", "/stats", 503, get("/stats"),
              variant=redis_down, error="broker_unavailable", retry_after="1"),
     Scenario("stats while postgresql is down", "GET", "/stats", 503, get("/stats"),
@@ -627,9 +599,6 @@ def test_the_scenarios_produce_every_documented_status_of_every_route() -> None:
 async def test_each_answer_has_a_documented_status_content_type_headers_and_body(
         scenario: Scenario, client: Client, settings: Settings, stream: Stream,
         store: Store) -> None:
-    awaiting = scenario.awaiting
-    if awaiting is not None and not await awaiting.landed(World(client, stream, store, settings)):
-        pytest.xfail(f"awaiting {awaiting.what}")
     async with app_of(scenario, client, settings) as app:
         answer = await scenario.send(World(app, stream, store, settings))
         raw = await answer.read()
