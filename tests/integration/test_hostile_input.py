@@ -180,14 +180,16 @@ class Ingest:
              ) -> Answer:
         """One request on a fresh connection, exactly as given: no header is added but Host
         (unless `host` replaces it), the body's framing (Content-Length or chunked), and the
-        tests' ADMIN_KEY unless the request carries an `Authorization` of its own."""
+        tests' ADMIN_KEY (with AUTH=on) unless the request carries an `Authorization` of its
+        own."""
         connection = http.client.HTTPConnection("127.0.0.1", self.live.port, timeout=60)
         try:
             connection.putrequest(method, target, skip_host=host is not None,
                                   skip_accept_encoding=True)
             if host is not None:
                 connection.putheader("Host", host)
-            if not any(name.lower() == "authorization" for name, _ in headers):
+            if self.settings.auth == "on" and \
+                    not any(name.lower() == "authorization" for name, _ in headers):
                 connection.putheader("Authorization", f"Bearer {ADMIN_KEY}")
             for name, value in headers:
                 connection.putheader(name, value)
@@ -988,3 +990,25 @@ def test_a_limited_key_publishes_a_batch_only_when_every_event_is_within_its_lim
     within = all((e["topic"] == "auth" or e["topic"].startswith("app."))
                  and e["source"] == LIMITED_SOURCE for e in batch)
     assert answer.status == (202 if within else 403), answer.describe()
+
+
+@pytest.fixture
+def open_ingest(settings: Settings) -> Iterator[Ingest]:
+    """The live app with AUTH=off: no key is asked for, none is sent."""
+    small = dataclasses.replace(settings, max_body_bytes=MAX_BODY_BYTES,
+                                max_batch_events=MAX_BATCH_EVENTS, auth="off")
+    with LiveIngest(small) as live, SyncRedis.from_url(settings.redis_url) as redis, \
+            psycopg.connect(settings.database_url, autocommit=True) as sql:
+        yield Ingest(live, redis, sql)
+
+
+@examples
+@given(body=json_values | publish_bodies, credential=st.none() | credentials,
+       content_type=json_content_types)
+def test_with_auth_off_no_body_or_credential_produces_a_5xx_or_a_401(
+        open_ingest: Ingest, body: Any, credential: bytes | None, content_type: str) -> None:
+    headers = [("Content-Type", content_type.encode("latin-1"))]
+    if credential is not None:
+        headers.append(("Authorization", credential))
+    answer = open_ingest.exchange("POST", "/publish", headers=headers, body=encode(body))
+    assert answer.status in PUBLISH_STATUSES, answer.describe()
