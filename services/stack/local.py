@@ -79,7 +79,7 @@ class LocalStack:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def request(self, path: str, body: bytes | None = None,
-             timeout: float = 10) -> http.client.HTTPResponse:
+                timeout: float = 10) -> http.client.HTTPResponse:
         """GET `path` of ingest (POST, when given a JSON `body`) with this stack's key; as
         `urllib.request.urlopen`, HTTPError for an answer that is not 2xx."""
         headers = self.headers()
