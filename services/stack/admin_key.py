@@ -4,9 +4,9 @@ With AUTH=on every request but the health checks needs a key, so the stack makes
 exists before its first request. The secret is kept in the data folder, in `admin-key` (mode
 0600, its owner only), and made sure of in PostgreSQL at every start (`keys create` with a
 given secret changes nothing when the key exists): the same data folder gives the same key
-across restarts, as its data outlives them. A missing or unreadable file, or a key revoked
-since (`logagg keys revoke`), gives a fresh key, written over the file. PostgreSQL holds only
-the key's digest; this file is the one copy of the secret.
+across restarts, as its data outlives them. A missing file or one that holds no key, or a key
+revoked since (`logagg keys revoke`), gives a fresh key, written over the file. PostgreSQL
+holds only the key's digest; this file is the one copy of the secret.
 """
 
 from __future__ import annotations
