@@ -1,10 +1,13 @@
 // Load test of logagg's ingest: realistic events with byte-for-byte re-sends, as the publisher
 // (services/publisher/simulator.py) sends them, at a constant arrival rate.
 //
-//   k6 run -e BASE_URL=http://127.0.0.1:8080 k6/publish.js
+//   API_KEY=lgk_... k6 run -e BASE_URL=http://127.0.0.1:8080 k6/publish.js
 //
-// Options (all -e NAME=value, all optional):
+// Options (all -e NAME=value or environment variables, all optional):
 //   BASE_URL    ingest address                                  http://127.0.0.1:8080
+//   API_KEY     sent as `Authorization: Bearer`: publish scope  (none: AUTH=off)
+//               for `publish`, publish and read for `mixed`;
+//               better from the environment than -e, which `ps` shows
 //   SCENARIO    publish | mixed | all (publish, then mixed)     all
 //   RATE        events per second the writers send              1000
 //   BATCH       events per POST /publish (1 to 1000)            100
@@ -32,6 +35,7 @@ import { check } from 'k6';
 import { Counter, Rate } from 'k6/metrics';
 
 const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
+const AUTHORIZATION = __ENV.API_KEY ? { Authorization: `Bearer ${__ENV.API_KEY}` } : {};
 const SCENARIO = __ENV.SCENARIO || 'all';
 const RATE = positiveInt('RATE', 1000);
 const BATCH = positiveInt('BATCH', 100);
@@ -208,7 +212,7 @@ function remember(texts) {
 function publishBatch() {
   const { texts, fresh } = batch();
   const response = http.post(`${BASE_URL}/publish`, `[${texts.join(',')}]`, {
-    headers: { 'Content-Type': 'application/json' },
+    headers: { 'Content-Type': 'application/json', ...AUTHORIZATION },
     tags: { endpoint: 'publish', name: 'POST /publish' },
   });
   const accepted = response.status === 202 && jsonField(response, 'accepted') === texts.length;
@@ -237,6 +241,7 @@ let cursor = null; // this VU's place in GET /events: the last `next` it was han
 function readPage() {
   const query = `limit=${READ_LIMIT}` + (cursor ? `&after=${encodeURIComponent(cursor)}` : '');
   const response = http.get(`${BASE_URL}/events?${query}`, {
+    headers: AUTHORIZATION,
     tags: { endpoint: 'events', name: 'GET /events' },
   });
   let page = null;
@@ -258,6 +263,7 @@ function readPage() {
 
 function readStats() {
   const response = http.get(`${BASE_URL}/stats`, {
+    headers: AUTHORIZATION,
     tags: { endpoint: 'stats', name: 'GET /stats' },
   });
   let stats = null;

@@ -9,6 +9,9 @@ table on stdout, a JSON file and a PNG plot in `bench/results/`.
 
 `--redis-appendfsync both` measures `always`, then `everysec`, each on a fresh stack with its
 own ceilings, and ends with the two side by side: what durability costs on this machine.
+
+With AUTH=on (the default; `--auth off` to compare), the stack makes an admin key, printed at
+the start, and every request of the run sends it, as a deployment's clients would.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the JSON and PNG of each run")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for pending to reach 0")
+    parser.add_argument("--auth", choices=("on", "off"), default=None,
+                        help="API keys asked for and checked (default: AUTH, on); 'off' to "
+                             "measure what checking them costs")
     parser.add_argument(
         "--redis-appendfsync", choices=[*APPENDFSYNC_POLICIES, BOTH],
         default=DEFAULT_APPENDFSYNC,
@@ -78,23 +84,25 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 async def bench(settings: Settings, args: argparse.Namespace,
                 appendfsync: str) -> report.Result:
     work = workload(args.events, args.duplicates, list(DEFAULT_TOPICS), args.seed)
-    stack_settings = dataclasses.replace(settings, ingest_port=free_port(), metrics_port=0)
+    stack_settings = dataclasses.replace(settings, ingest_port=free_port(), metrics_port=0,
+                                         auth=args.auth or settings.auth)
     with tempfile.TemporaryDirectory(prefix="logagg-bench-") as folder, LocalStack(
             stack_settings, Path(folder), redis_port=free_port(), postgres_port=free_port(),
             consumers=args.consumers, ingests=args.ingests,
             redis_appendfsync=appendfsync) as stack:
+        print(f"auth {stack.settings.auth}" + (
+            f": this run's admin key is {stack.api_key}" if stack.api_key else ""), flush=True)
         pg_ceiling = await asyncio.to_thread(
             ceilings.postgres_ceiling, stack.settings.database_url, work.encoded)
         xadd_ceiling = await ceilings.xadd_ceiling(stack.redis.url, work.encoded)
         meter = probes.CpuMeter(_processes(stack))
         samples: list[probes.Sample] = []
         stop_sampling = asyncio.Event()
-        sampler = asyncio.create_task(probes.sample_stats(stack.base_url, samples,
-                                                          stop_sampling))
+        sampler = asyncio.create_task(probes.sample_stats(stack, samples, stop_sampling))
         meter.start()
         started = time.monotonic()
         sent = await send(work, url=stack.base_url, batch=args.batch,
-                          concurrency=args.concurrency, rate=None)
+                          concurrency=args.concurrency, rate=None, key=stack.api_key)
         accepted_at = time.monotonic()
         stats = await asyncio.to_thread(stack.wait_drained, args.timeout)
         drained_at = time.monotonic()
@@ -109,6 +117,7 @@ async def bench(settings: Settings, args: argparse.Namespace,
                       "concurrency": args.concurrency, "consumers": args.consumers,
                       "ingests": args.ingests},
             redis_appendfsync=appendfsync,
+            auth=stack.settings.auth,
             accept_rate=work.events / (accepted_at - started),
             end_to_end_rate=work.events / (drained_at - started),
             publish_ms={f"p{p}": sent.latency_ms(p) for p in (50, 95, 99)},

@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import os
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from services.stack.local import LocalStack
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -79,12 +80,12 @@ class Sample:
     pending: int
 
 
-async def sample_stats(base_url: str, samples: list[Sample], stop: asyncio.Event,
+async def sample_stats(stack: LocalStack, samples: list[Sample], stop: asyncio.Event,
                        every_s: float = 0.1) -> None:
     """Record /stats every `every_s` until `stop` is set."""
     started = time.monotonic()
     while not stop.is_set():
-        stats = await asyncio.to_thread(_stats, base_url)
+        stats = await asyncio.to_thread(_stats, stack)
         if stats is not None:
             samples.append(Sample(time.monotonic() - started, stats["received"],
                                   stats["unique_processed"] + stats["duplicate_dropped"]
@@ -93,9 +94,9 @@ async def sample_stats(base_url: str, samples: list[Sample], stop: asyncio.Event
             await asyncio.wait_for(stop.wait(), every_s)
 
 
-def _stats(base_url: str) -> dict[str, Any] | None:
+def _stats(stack: LocalStack) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"{base_url}/stats", timeout=5) as answer:
+        with stack.request("/stats", timeout=5) as answer:
             stats: dict[str, Any] = orjson.loads(answer.read())
             return stats
     except OSError:

@@ -20,6 +20,7 @@ from services.bench.probes import Sample
 class Result:
     workload: dict[str, Any]
     redis_appendfsync: str  # the stack's Redis appendfsync policy
+    auth: str  # on: every request carried a key, checked by ingest (AUTH); off: none
     accept_rate: float  # events/s: first send until the last 202
     end_to_end_rate: float  # events/s: first send until pending == 0
     publish_ms: dict[str, float | None]  # p50 / p95 / p99 of POST /publish
@@ -56,6 +57,7 @@ def table(result: Result) -> str:
         ("events (duplicates)", f"{result.workload['events']:,} "
                                 f"({result.workload['duplicates']:.0%})"),
         ("Redis appendfsync", result.redis_appendfsync),
+        ("auth (API keys)", result.auth),
         ("accept rate", f"{result.accept_rate:,.0f} events/s"),
         # The end-to-end rate, then each ceiling of this same run and the ratio to it.
         ("end-to-end rate", f"{result.end_to_end_rate:,.0f} events/s"),
@@ -155,7 +157,8 @@ def plot(result: Result, path: Path) -> None:
     top.set_ylabel("settled events/s")
     top.legend(loc="upper right")
     top.set_title(f"logagg bench: {result.workload['events']:,} events, Redis appendfsync "
-                  f"{result.redis_appendfsync}, end to end {result.end_to_end_rate:,.0f}/s")
+                  f"{result.redis_appendfsync}, auth {result.auth}, "
+                  f"end to end {result.end_to_end_rate:,.0f}/s")
     bottom.plot(times, [s.pending for s in samples], color="#8a5cd1")
     bottom.set_ylabel("pending")
     bottom.set_xlabel("seconds since the first send")

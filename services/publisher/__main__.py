@@ -1,7 +1,9 @@
 """`logagg publish`: send a simulated workload of log events to the ingest and report the outcome.
 
 The report goes to stdout (a table, or one JSON object with --json), logs to stderr. The exit code
-is 0 only when the ingest accepted every event, so a script can chain on it.
+is 0 only when the ingest accepted every event, so a script can chain on it. Requests carry
+`Authorization: Bearer <API_KEY>` (`--key` overrides it); a 401 or 403 stops the run at once,
+exit code 1, saying why on stderr.
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the workload; the same seed sends the same bytes "
                              "(default: random)")
     parser.add_argument("--max-retries", type=int, default=8, metavar="N",
-                        help="retries of a batch answered 5xx or cut off, with backoff "
+                        help="retries of a batch answered 5xx or 429 or cut off, with backoff "
                              "(default: %(default)s)")
+    parser.add_argument("--key", default=None, metavar="KEY",
+                        help="the API key to send (default: API_KEY from the environment, "
+                             "which other users of this machine cannot read in `ps` as they "
+                             "can a flag)")
     parser.add_argument("--json", action="store_true",
                         help="print the report as one JSON object instead of a table")
 
@@ -50,11 +56,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         events = workload(args.events, args.duplicates, args.topics, args.seed)
         report = asyncio.run(send(events, url=args.url, batch=args.batch,
                                   concurrency=args.concurrency, rate=args.rate,
-                                  max_retries=args.max_retries))
+                                  max_retries=args.max_retries,
+                                  key=args.key or settings.api_key))
     except ValueError as error:
         print(f"logagg publish: {error}", file=sys.stderr)
         return 2
     print(orjson.dumps(report.to_dict()).decode() if args.json else report.summary())
+    if report.stopped:
+        print(f"logagg publish: stopped: {report.stopped}", file=sys.stderr)
     return 0 if report.all_accepted else 1
 
 

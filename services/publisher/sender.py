@@ -1,13 +1,18 @@
 """Sending a workload to the ingest: batches, concurrent workers, pacing, retries, and the report.
 
-The ingest answers a batch all or nothing (SPEC §3), so the batch is the unit of retry: a 5xx, a
-dropped connection or a timeout sends the same bytes again, and the consumers' dedup makes that
-safe. A 4xx means the request itself is wrong; sending it again would get the same answer.
+The ingest answers a batch all or nothing (SPEC §3), so the batch is the unit of retry: a 5xx,
+a 408 (the request arrived too slowly), a 429 (over the key's rate), a dropped connection or a
+timeout sends the same bytes again, after the Retry-After the ingest asked for if any, and the
+consumers' dedup makes that safe. Another 4xx means the request itself is wrong; sending it
+again would get the same answer. A 401 or 403 is about the key (none, unknown, revoked, or not
+allowed this): every batch would get it, so the run stops there, sends nothing more, and says
+why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -44,6 +49,7 @@ class Report:
     seconds: float
     latencies_ms: tuple[float, ...]  # of the requests answered 202, in no particular order
     errors: tuple[str, ...]  # the first few rejections and give-ups, as "status error: message"
+    stopped: str | None = None  # why the run stopped before the end (a 401 or 403), if it did
 
     @property
     def events_per_second(self) -> float:
@@ -68,7 +74,7 @@ class Report:
             "duplicates": self.duplicates, "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events_per_second, 1),
             "latency_ms": {f"p{p}": _rounded(self.latency_ms(p)) for p in (50, 95, 99)},
-            "errors": list(self.errors),
+            "errors": list(self.errors), "stopped": self.stopped,
         }
 
     def summary(self) -> str:
@@ -85,7 +91,8 @@ class Report:
         ]
         width = max(len(label) for label, _ in rows)
         lines = [f"{label:<{width}}  {value}" for label, value in rows]
-        return "\n".join([*lines, *(f"error: {error}" for error in self.errors)])
+        stopped = [f"stopped: {self.stopped}"] if self.stopped else []
+        return "\n".join([*lines, *(f"error: {error}" for error in self.errors), *stopped])
 
 
 def _rounded(value: float | None) -> float | None:
@@ -97,8 +104,10 @@ def _ms(value: float | None) -> str:
 
 
 async def send(workload: Workload, *, url: str, batch: int, concurrency: int, rate: float | None,
-               max_retries: int = 8, timeout: float = 30) -> Report:  # noqa: ASYNC109
-    """Send every event of `workload` to `{url}/publish`; `rate` caps events per second.
+               max_retries: int = 8, timeout: float = 30,  # noqa: ASYNC109
+               key: str | None = None) -> Report:
+    """Send every event of `workload` to `{url}/publish`; `rate` caps events per second; `key`
+    goes in `Authorization: Bearer` (none when None or empty: AUTH=off).
 
     `timeout` bounds each HTTP request, not the whole send (which `asyncio.timeout` would): a
     request that times out is retried like a dropped connection.
@@ -111,8 +120,11 @@ async def send(workload: Workload, *, url: str, batch: int, concurrency: int, ra
     # One connection per worker at most: each worker has one request in flight.
     connector = aiohttp.TCPConnector(limit=concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
-        sender = _Sender(session, url.rstrip("/") + "/publish", _Pacer(rate), max_retries, tally)
+    headers = {**_HEADERS, **({"Authorization": f"Bearer {key}"} if key else {})}
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout,
+                                     headers=headers) as session:
+        sender = _Sender(session, url.rstrip("/") + "/publish", _Pacer(rate), max_retries, tally,
+                         keyed=bool(key))
         async with asyncio.TaskGroup() as workers:
             for _ in range(concurrency):
                 workers.create_task(sender.drain(batches))
@@ -153,11 +165,13 @@ class _Tally:
     retries: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    stopped: str | None = None  # set once: no batch is sent after it
 
     def fail(self, events: int, reason: str) -> None:
         self.failed += events
         if len(self.errors) < _KEPT_ERRORS:
             self.errors.append(reason)
+
 
     def report(self, workload: Workload, seconds: float) -> Report:
         return Report(
@@ -165,6 +179,7 @@ class _Tally:
             events_failed=self.failed, retries=self.retries, unique_keys=workload.unique_keys,
             duplicates=workload.duplicates, seconds=seconds,
             latencies_ms=tuple(self.latencies_ms), errors=tuple(self.errors),
+            stopped=self.stopped,
         )
 
 
@@ -179,13 +194,14 @@ class _Pacer:
         self._rate = rate
         self._next = 0.0
 
-    async def wait(self, events: int) -> None:
+    def book(self, events: int) -> float:
+        """Seconds to wait before sending a request of `events`."""
         if self._rate is None:
-            return
+            return 0.0
         now = asyncio.get_running_loop().time()
         slot = max(self._next, now)
         self._next = slot + events / self._rate
-        await asyncio.sleep(slot - now)
+        return slot - now
 
 
 class _Retry(Exception):
@@ -200,20 +216,34 @@ class _Rejected(Exception):
     """The ingest refused the batch itself (4xx); the same bytes would be refused again."""
 
 
+class _KeyRefused(_Rejected):
+    """401 or 403: the key may not do this, and every batch would be refused the same way."""
+
+
+class _NotSent(Exception):
+    """The run stopped before this batch's turn to be sent."""
+
+
 class _Sender:
     def __init__(self, session: aiohttp.ClientSession, endpoint: str, pacer: _Pacer,
-                 max_retries: int, tally: _Tally) -> None:
+                 max_retries: int, tally: _Tally, *, keyed: bool) -> None:
         self._session = session
+        self._keyed = keyed
         self._endpoint = endpoint
         self._pacer = pacer
         self._max_retries = max_retries
         self._tally = tally
         self._jitter = random.Random()
+        self._stopping = asyncio.Event()
 
     async def drain(self, batches: Iterator[tuple[bytes, int]]) -> None:
-        """One worker: take batches until none is left."""
+        """One worker: take batches until none is left; after a stop, count the rest as failed
+        without sending them."""
         for body, count in batches:
-            await self._deliver(body, count)
+            if self._tally.stopped is None:
+                await self._deliver(body, count)
+            else:
+                self._tally.failed += count
 
     async def _deliver(self, body: bytes, count: int) -> None:
         """Send one batch until it is accepted, refused, or out of retries."""
@@ -221,8 +251,11 @@ class _Sender:
         for attempt in range(1, self._max_retries + 1):
             if retry is None:
                 return
+            await self._pause(self._delay(attempt, retry.retry_after))
+            if self._tally.stopped is not None:  # before the pause, or during it
+                self._tally.failed += count
+                return
             self._tally.retries += 1
-            await asyncio.sleep(self._delay(attempt, retry.retry_after))
             retry = await self._attempt(body, count)
         if retry is not None:
             self._tally.fail(count, f"gave up after {self._max_retries} retries: {retry}")
@@ -235,6 +268,11 @@ class _Sender:
             # Not `tally.accepted += await ...`: that reads the count before the await and would
             # write back a stale sum over what the other workers added meanwhile.
             accepted = await self._post(body, count)
+        except _NotSent:
+            self._tally.failed += count
+        except _KeyRefused as refused:
+            self._tally.fail(count, str(refused))
+            self._stop(self._key_problem(refused), count)
         except _Rejected as refused:
             logger.warning("batch refused", extra={"action": "publish_refused", "events": count,
                                                    "reason": str(refused)})
@@ -245,6 +283,27 @@ class _Sender:
         else:
             self._tally.accepted += accepted
         return None
+
+    def _stop(self, reason: str, events: int) -> None:
+        """Send nothing more: workers waiting to send or to retry give up their batch now."""
+        if self._tally.stopped is None:
+            logger.error("the key was refused; stopping", extra={
+                "action": "publish_stopped", "events": events, "reason": reason})
+            self._tally.stopped = reason
+            self._stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the run stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _key_problem(self, refused: _KeyRefused) -> str:
+        """What a 401 or 403 says about the run's key, and what to do (never the key itself)."""
+        if not self._keyed:
+            return (f"{refused}; no key was sent: set API_KEY or pass --key (a key with the "
+                    "publish scope: logagg keys create NAME --scopes publish)")
+        return (f"{refused}; check the key given by API_KEY or --key (logagg keys list shows "
+                "which are live, and their scopes, topics and source)")
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Full-jitter exponential backoff, or what the server asked for plus a little jitter.
@@ -258,11 +317,15 @@ class _Sender:
 
     async def _post(self, body: bytes, count: int) -> int:
         """One attempt; the number of events accepted, or `_Retry` / `_Rejected`."""
-        await self._pacer.wait(count)
+        wait = self._pacer.book(count)
+        if wait > 0:
+            await self._pause(wait)
+        if self._tally.stopped is not None:
+            raise _NotSent
         self._tally.requests += 1
         started = time.perf_counter()
         try:
-            async with self._session.post(self._endpoint, data=body, headers=_HEADERS) as answer:
+            async with self._session.post(self._endpoint, data=body) as answer:
                 status, headers, text = answer.status, answer.headers, await answer.read()
         except (aiohttp.ClientError, TimeoutError) as error:
             raise _Retry(f"{type(error).__name__}: {error}") from error
@@ -273,12 +336,15 @@ class _Sender:
 
 
 def _failure(status: int, headers: Mapping[str, str], text: bytes) -> Exception:
-    """What a non-202 answer means: worth retrying (5xx; 408, the request was too slow to
-    arrive) or not (anything else)."""
+    """What a non-202 answer means: worth retrying (5xx; 429, over the key's rate; 408, the
+    request was too slow to arrive), the key's fault (401, 403: the run stops), or the batch's
+    (any other)."""
     reason = f"{status} {_error_text(text)}"
-    if status >= 500 or status == 408:
-        retry_after = _retry_after(headers) if status == 503 else None
+    if status >= 500 or status in (408, 429):
+        retry_after = _retry_after(headers) if status in (429, 503) else None
         return _Retry(reason, retry_after)
+    if status in (401, 403):
+        return _KeyRefused(reason)
     return _Rejected(reason)
 
 

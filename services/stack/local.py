@@ -1,15 +1,16 @@
 """The whole stack on this machine, without Docker: `logagg up` and `logagg demo`.
 
 Redis and PostgreSQL run from the machine's binaries, or pip's when it has none
-(`services/stack/servers.py`), over a data folder that outlives the run; then migrate, one
-ingest and N consumers run as child processes. Everything started here is stopped here, in
-reverse order, on Ctrl-C or SIGTERM.
+(`services/stack/servers.py`), over a data folder that outlives the run; then migrate, the
+stack's admin key (`services/stack/admin_key.py`), one ingest and N consumers run as child
+processes. Everything started here is stopped here, in reverse order, on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import os
 import signal
 import subprocess
@@ -27,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from services.stack import admin_key
+from services.stack.admin_key import StackKey
 from services.stack.servers import (
     APPENDFSYNC_POLICIES,
     DEFAULT_APPENDFSYNC,
@@ -45,7 +48,10 @@ class LocalStack:
 
     def __init__(self, settings: Settings, data_dir: Path, *, redis_port: int, postgres_port: int,
                  consumers: int = 3, durable: bool = True,
-                 redis_appendfsync: str = DEFAULT_APPENDFSYNC, ingests: int = 1) -> None:
+                 redis_appendfsync: str = DEFAULT_APPENDFSYNC, ingests: int = 1,
+                 api_key: str | None = None) -> None:
+        """`api_key`: the admin key to make sure of (the tests'); None: the one kept in the
+        data folder, made on its first start. With AUTH=off, none is made."""
         self.data_dir = data_dir.resolve()
         self.redis = RedisServer(self.data_dir / "redis", port=redis_port,
                                  appendfsync=redis_appendfsync)
@@ -57,10 +63,31 @@ class LocalStack:
         self.ingest_count = ingests
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.consumer_names: dict[str, str] = {}  # process name -> CONSUMER_NAME in the group
+        self.given_key = api_key
+        self.key: StackKey | None = None  # once started with AUTH=on
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.ingest_port}"
+
+    @property
+    def api_key(self) -> str:
+        """The key this stack's own requests and client processes send ("" with AUTH=off)."""
+        return self.settings.api_key
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def request(self, path: str, body: bytes | None = None,
+                timeout: float = 10) -> http.client.HTTPResponse:
+        """GET `path` of ingest (POST, when given a JSON `body`) with this stack's key; as
+        `urllib.request.urlopen`, HTTPError for an answer that is not 2xx."""
+        headers = self.headers()
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        asked = urllib.request.Request(self.base_url + path, data=body, headers=headers)
+        answer: http.client.HTTPResponse = urllib.request.urlopen(asked, timeout=timeout)
+        return answer
 
     def __enter__(self) -> LocalStack:
         try:
@@ -79,6 +106,10 @@ class LocalStack:
         os.chmod(self.data_dir, 0o755)  # PostgreSQL may run as another user: let it in
         self.start_servers()
         migrate(self.settings.database_url)
+        if self.settings.auth == "on":
+            self.key = admin_key.ensure(self.settings, self.data_dir, self.given_key)
+            # Every child gets it as API_KEY; only clients (a publisher) send it.
+            self.settings = replace(self.settings, api_key=self.key.secret)
         for index in range(self.ingest_count):
             self.start_ingest(index)
         for index in range(self.consumer_count):
@@ -149,7 +180,7 @@ class LocalStack:
             time.sleep(0.1)
 
     def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.base_url}/stats", timeout=10) as answer:
+        with self.request("/stats") as answer:
             stats: dict[str, Any] = orjson.loads(answer.read())
             return stats
 
@@ -266,6 +297,7 @@ def up(settings: Settings, args: argparse.Namespace) -> int:
         print(f"logagg is up: {stack.base_url} (Redis {stack.redis.url}, appendfsync "
               f"{stack.redis.appendfsync}; PostgreSQL {stack.settings.database_url}); "
               f"logs in {stack.data_dir / 'logs'}")
+        print(key_banner(stack))
         for name, process in stack.processes.items():
             print(f"  {name:<11} pid {process.pid}")
         print("Ctrl-C stops everything.", flush=True)
@@ -283,14 +315,16 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
     from services.publisher.simulator import DEFAULT_TOPICS, workload
 
     with _stack(settings, args) as stack:
-        print(f"stack up at {stack.base_url} (Redis appendfsync {stack.redis.appendfsync}); "
-              f"publishing {args.events} events "
-              f"({args.duplicates:.0%} duplicates)…", flush=True)
+        print(f"stack up at {stack.base_url} (Redis appendfsync {stack.redis.appendfsync})")
+        print(key_banner(stack))
+        print(f"publishing {args.events} events ({args.duplicates:.0%} duplicates)…",
+              flush=True)
         before = stack.stats()
         work = workload(args.events, args.duplicates, list(DEFAULT_TOPICS), seed=None)
         started = time.monotonic()
         report = asyncio.run(send(work, url=stack.base_url, batch=args.batch,
-                                  concurrency=args.concurrency, rate=None))
+                                  concurrency=args.concurrency, rate=None,
+                                  key=stack.api_key))
         after = stack.wait_drained(args.timeout)
         seconds = time.monotonic() - started
         print(report.summary())
@@ -301,6 +335,21 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
               f"{args.events / seconds:,.0f} events/s (first send until pending == 0)")
         print("counts exact" if exact else "counts off")
         return 0 if exact else 1
+
+
+def key_banner(stack: LocalStack) -> str:
+    """The stack's key and how to use it: printed on purpose, at start-up (never logged)."""
+    key = stack.key
+    if key is None:
+        return "AUTH=off: no key is asked for (a trusted network only)"
+    return "\n".join([
+        f"admin key ({key.note}):",
+        f"  {key.secret}",
+        f'  curl -H "Authorization: Bearer {key.secret}" {stack.base_url}/stats',
+        "  logagg publish and k6 send API_KEY: export API_KEY=" + (
+            f"$(cat {key.path})" if key.path else key.secret),
+        f"  a narrower key: DATABASE_URL={stack.settings.database_url} "
+        "logagg keys create NAME --scopes publish"])
 
 
 def verdict(before: dict[str, Any], after: dict[str, Any], *, unique_keys: int,

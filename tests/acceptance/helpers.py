@@ -1,6 +1,9 @@
 """Helpers of the acceptance tests: a `LocalStack` of their own, `logagg publish` as a child
 process, and polls that prove a moment (a consumer holds entries, events are arriving) before a
-test acts on it."""
+test acts on it.
+
+Stacks run with AUTH=on and hold the tests' ADMIN_KEY: a request of a test goes through
+`stack.request` (which sends it), and a child publisher gets it as API_KEY."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from services.stack.local import LocalStack
 from services.stack.servers import free_port
 from shared.constants import received_key
 from shared.settings import Settings
+from tests.helpers import ADMIN_KEY
 
 
 def local_stack(scratch: Path, settings: dict[str, Any] | None = None,
@@ -37,14 +41,16 @@ def local_stack(scratch: Path, settings: dict[str, Any] | None = None,
     config = Settings.from_env({}, **{**defaults, **(settings or {})})
     folder = Path(tempfile.mkdtemp(dir=scratch))
     return LocalStack(config, folder, redis_port=free_port(), postgres_port=free_port(),
-                      durable=False, **{"redis_appendfsync": "always", **options})
+                      durable=False, **{"redis_appendfsync": "always", "api_key": ADMIN_KEY,
+                                        **options})
 
 
 def publish(stack: LocalStack, *args: str) -> dict[str, Any]:
     """Run `logagg publish` against the stack; return its JSON report."""
     command = [sys.executable, "-m", "services.cli", "publish", "--url", stack.base_url,
                "--json", *args]
-    result = subprocess.run(command, capture_output=True, check=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, check=True, timeout=300,
+                            env=publisher_env(stack))
     report: dict[str, Any] = orjson.loads(result.stdout)
     return report
 
@@ -61,7 +67,7 @@ def start_publish(stack: LocalStack, *args: str, log: Path | None = None,
 
     def popen(stderr: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
-                                env={**os.environ, **env})
+                                env={**publisher_env(stack), **env})
 
     if log is None:
         process = popen(subprocess.PIPE)
@@ -70,6 +76,22 @@ def start_publish(stack: LocalStack, *args: str, log: Path | None = None,
             process = popen(file)
     publishers.append(process)
     return process
+
+
+def publisher_env(stack: LocalStack) -> dict[str, str]:
+    """The environment of a `logagg publish` child: ours, and the stack's key as API_KEY."""
+    return {**os.environ, "API_KEY": stack.api_key}
+
+
+def held_publish_head(stack: LocalStack, length: int) -> bytes:
+    """The head of a `POST /publish` of `length` bytes sent by hand, with the stack's key and
+    `Expect: 100-continue`: ingest's `100 Continue` then proves the request is inside it, held
+    there until the body comes."""
+    headers = {"Host": f"127.0.0.1:{stack.settings.ingest_port}",
+               "Content-Type": "application/json", "Content-Length": str(length),
+               "Expect": "100-continue", **stack.headers()}
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+    return ("POST /publish HTTP/1.1\r\n" + "".join(lines) + "\r\n").encode()
 
 
 def actions_in(log: Path) -> list[str]:

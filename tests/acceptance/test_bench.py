@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,14 @@ def test_bench_reports_rates_latencies_ceilings_and_exact_counts(tmp_path: Path)
                   "ceiling: pipelined XADD", "end_to_end / postgres ceiling", "CPU µs/event"):
         assert label in result.stdout
     assert "Redis appendfsync" in result.stdout
+    # Auth on by default, with a key of the run's own, printed, and sent by every request.
+    assert re.search(r"^auth on: this run's admin key is lgk_\S{43}$", result.stdout, re.M)
+    assert re.search(r"^auth \(API keys\) +on$", result.stdout, re.M)
     [saved] = tmp_path.glob("*.json")
     data = orjson.loads(saved.read_bytes())
     assert data["exact"] is True
     assert data["redis_appendfsync"] == "always"  # the default, as deployed
+    assert data["auth"] == "on"
     # 3,000 events, 30% re-sends: pinned here, not taken from the bench's own verdict.
     assert data["workload"]["events"] == 3000
     assert data["workload"]["unique_keys"] == 2100
@@ -39,14 +44,17 @@ def test_bench_reports_rates_latencies_ceilings_and_exact_counts(tmp_path: Path)
 
 def test_bench_both_measures_always_then_everysec_each_against_its_own_ceiling(
         tmp_path: Path) -> None:
+    """With --auth off: no key asked for, none made, and the results say so."""
     result = subprocess.run(
         [sys.executable, "-m", "services.cli", "bench", "--events", "2000", "--consumers", "1",
-         "--redis-appendfsync", "both", "--results", str(tmp_path)],
+         "--redis-appendfsync", "both", "--auth", "off", "--results", str(tmp_path)],
         capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     runs = sorted((orjson.loads(path.read_bytes()) for path in tmp_path.glob("*.json")),
                   key=lambda data: data["redis_appendfsync"])
     assert [data["redis_appendfsync"] for data in runs] == ["always", "everysec"]
+    assert [data["auth"] for data in runs] == ["off", "off"]
+    assert "lgk_" not in result.stdout
     assert len(list(tmp_path.glob("*.png"))) == 2
     lines = result.stdout.splitlines()
     [header] = [line for line in lines if "PostgreSQL ceiling (same run)" in line]

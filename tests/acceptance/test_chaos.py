@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.publisher.simulator import workload
 from services.stack.local import LocalStack
 from services.stack.servers import PostgresServer, RedisServer
-from tests.acceptance.helpers import local_stack, start_publish
+from tests.acceptance.helpers import held_publish_head, local_stack, start_publish
 
 EVENTS = 40_000
 UNIQUE = 28_000
@@ -82,7 +82,7 @@ def readyz(stack: LocalStack) -> tuple[int | None, dict[str, Any]]:
 
 def publish_requests_answered(stack: LocalStack) -> float:
     """`POST /publish` requests this ingest process answered 202, from its own /metrics."""
-    with urllib.request.urlopen(f"{stack.base_url}/metrics", timeout=5) as answer:
+    with stack.request("/metrics", timeout=5) as answer:
         text = answer.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -181,9 +181,7 @@ class Chaos:
         ingest = self.stack.processes["ingest"]
         port = self.stack.settings.ingest_port
         body = b"[" + workload(1, 0.0, [PROBE_TOPIC], seed=self.seed).encoded[0] + b"]"
-        head = (f"POST /publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"Expect: 100-continue\r\n\r\n").encode()
+        head = held_publish_head(self.stack, len(body))
         answered_before = publish_requests_answered(self.stack)
         window_opened = time.monotonic()
         with socket.create_connection(("127.0.0.1", port), timeout=BOUND_S) as probe:

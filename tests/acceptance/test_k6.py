@@ -42,7 +42,9 @@ def run_k6(stack: LocalStack, scenario: str, summary: Path) -> subprocess.Comple
     command = [k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report"]
     for name, value in options.items():
         command += ["-e", f"{name}={value}"]
-    env = dict(os.environ, K6_NO_USAGE_REPORT="true", NO_COLOR="1")
+    # The key from the environment (k6 passes it to the script as __ENV.API_KEY): a `-e` option
+    # would show it in `ps`.
+    env = dict(os.environ, K6_NO_USAGE_REPORT="true", NO_COLOR="1", API_KEY=stack.api_key)
     return subprocess.run([*command, str(SCRIPT)], capture_output=True, text=True, env=env,
                           timeout=K6_TIMEOUT_S, check=False)
 

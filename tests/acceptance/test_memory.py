@@ -23,7 +23,6 @@ decides how much a read brings. Measured on 2 cores: a read of 32 MiB, peak 62 -
 from __future__ import annotations
 
 import random
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,7 @@ import orjson
 from redis import Redis
 
 from services.consumer.dead_letters import STATEMENT_BYTES
+from services.stack.local import LocalStack
 from tests.acceptance.helpers import local_stack, wait_for
 
 MIB = 1024 * 1024
@@ -68,9 +68,8 @@ def requests(size: int, per_request: int) -> Iterator[bytes]:
         yield b"[" + b",".join(largest_event(n, size) for n in chunk) + b"]"
 
 
-def post(url: str, body: bytes) -> int:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as answer:
+def post(stack: LocalStack, body: bytes) -> int:
+    with stack.request("/publish", body, timeout=60) as answer:
         accepted: int = orjson.loads(answer.read())["accepted"]
         return accepted
 
@@ -109,7 +108,7 @@ def test_a_consumers_peak_memory_stays_within_its_batch_budget_under_the_largest
             assert stack.processes[name].wait(timeout=30) == 0
         per_request = (settings.max_body_bytes - 2) // (size + 1)  # what one body can carry
         with ThreadPoolExecutor(max_workers=4) as pool:
-            accepted = sum(pool.map(lambda body: post(f"{stack.base_url}/publish", body),
+            accepted = sum(pool.map(lambda body: post(stack, body),
                                     requests(size, per_request)))
         assert accepted == EVENTS
         for index in range(CONSUMERS):

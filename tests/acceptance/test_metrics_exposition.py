@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import os
 import shutil
 import signal
@@ -66,8 +67,12 @@ def consumer_url(stack: LocalStack, index: int) -> str:
 
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as answer:
-        assert answer.headers["Content-Type"].startswith("text/plain")
-        return str(answer.read().decode())
+        return exposition_of(answer)
+
+
+def exposition_of(answer: http.client.HTTPResponse) -> str:
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    return str(answer.read().decode())
 
 
 def promtool_check(exposition: str) -> None:
@@ -101,7 +106,8 @@ def total(expositions: list[Samples], name: str, **labels: str) -> float:
 
 
 def checked_ingest(stack: LocalStack) -> Samples:
-    exposition = scrape(f"{stack.base_url}/metrics")
+    with stack.request("/metrics") as answer:  # ingest's asks for the key; a consumer's not
+        exposition = exposition_of(answer)
     promtool_check(exposition)
     return parse(exposition)
 
@@ -228,8 +234,6 @@ def tcp_ports(pid: int) -> set[int]:
 
 
 def post(stack: LocalStack, events: list[dict[str, object]]) -> None:
-    request = urllib.request.Request(f"{stack.base_url}/publish", data=orjson.dumps(events),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as answer:
+    with stack.request("/publish", orjson.dumps(events), timeout=30) as answer:
         assert answer.status == 202
         assert orjson.loads(answer.read()) == {"accepted": len(events)}

@@ -28,7 +28,7 @@ PAGE = 100
 def get(stack: LocalStack, path: str) -> dict[str, Any] | None:
     """The answer's body, or None for a 503 (a reader retries, as any client would)."""
     try:
-        with urllib.request.urlopen(stack.base_url + path, timeout=10) as answer:
+        with stack.request(path) as answer:
             body: dict[str, Any] = orjson.loads(answer.read())
             return body
     except urllib.error.HTTPError as error:

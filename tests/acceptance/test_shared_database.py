@@ -18,7 +18,7 @@ import orjson
 
 from services.stack.local import LocalStack
 from services.stack.servers import free_port
-from tests.acceptance.helpers import start_publish
+from tests.acceptance.helpers import publisher_env, start_publish
 
 EVENTS = 4000
 UNIQUE = 2800
@@ -53,7 +53,8 @@ def test_two_stacks_with_different_stream_keys_on_one_database_each_end_exact(
         senders = [start_publish(stack, *args),
                    subprocess.Popen([sys.executable, "-m", "services.cli", "publish", "--url",
                                      second.base_url, "--json", *args],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=publisher_env(second))]
         for sender in senders:
             assert published(sender)["events_accepted"] == EVENTS
         for deployment in (stack, second):

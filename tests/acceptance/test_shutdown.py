@@ -22,6 +22,7 @@ from tests.acceptance.helpers import (
     actions_in,
     freeze,
     held_by,
+    held_publish_head,
     local_stack,
     logged_actions,
     received,
@@ -44,15 +45,12 @@ class InFlightRequest:
     """A POST /publish sent by hand, with `Expect: 100-continue`: ingest's `100 Continue` proves
     the request reached its handler before the body is sent."""
 
-    def __init__(self, port: int, events: list[dict[str, Any]]) -> None:
-        self.port = port
+    def __init__(self, stack: LocalStack, events: list[dict[str, Any]]) -> None:
+        self.port = port = stack.settings.ingest_port
         self.body = orjson.dumps(events)
         self._rest = b""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock.sendall(
-            b"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Expect: 100-continue\r\n"
-            + f"Content-Length: {len(self.body)}\r\n\r\n".encode())
+        self.sock.sendall(held_publish_head(stack, len(self.body)))
         interim = self._read_until(b"\r\n\r\n")
         assert interim.startswith(b"HTTP/1.1 100 "), interim
 
@@ -157,7 +155,7 @@ def test_ingest_stopped_under_load_exits_0_and_loses_no_event(
         # Requests are being answered: `received` rises.
         first = wait_for_received(redis, stack, 1, "from the publisher")
         wait_for_received(redis, stack, first + 1, "again (requests keep being answered)")
-        ours = InFlightRequest(port, [event(f"in-flight-{i}", topic="in-flight")
+        ours = InFlightRequest(stack, [event(f"in-flight-{i}", topic="in-flight")
                                       for i in range(IN_FLIGHT)])
         try:
             freeze(redis_server)

@@ -42,6 +42,20 @@ async def bad_request(request: web.Request, body: bytes) -> web.StreamResponse:
     return _error(400, "bad_json", "the body is not JSON")
 
 
+async def unauthorized(request: web.Request, body: bytes) -> web.StreamResponse:
+    return _error(401, "unauthorized", "unknown or revoked key",
+                  {"WWW-Authenticate": 'Bearer realm="logagg"'})
+
+
+async def forbidden(request: web.Request, body: bytes) -> web.StreamResponse:
+    return _error(403, "forbidden", "this key lacks the 'publish' scope (it has read)")
+
+
+async def rate_limited(request: web.Request, body: bytes) -> web.StreamResponse:
+    return _error(429, "rate_limited", "over this key's rate; retry in 0.40 s; none was accepted",
+                  {"Retry-After": "1"})
+
+
 async def drop(request: web.Request, body: bytes) -> web.StreamResponse:
     assert request.transport is not None
     request.transport.close()  # the client sees the connection go away without an answer
@@ -68,10 +82,12 @@ class Ingest:
         self.attempts = 0
         self.accepted_bodies: list[bytes] = []
         self.content_types: set[str] = set()
+        self.authorizations: set[str | None] = set()
 
     async def publish(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1
         self.content_types.add(request.content_type)
+        self.authorizations.add(request.headers.get("Authorization"))
         body = await request.read()
         await asyncio.sleep(0.001)  # let concurrent requests interleave
         answer = self.script.pop(0) if self.script else self.then
@@ -91,13 +107,14 @@ async def serving(ingest: Ingest) -> AsyncIterator[str]:
 
 async def publish(ingest: Ingest, sent: Workload, *, batch: int = 100, concurrency: int = 1,
                   rate: float | None = None, max_retries: int = 8,
-                  request_timeout: float = 30) -> Report:
+                  request_timeout: float = 30, key: str | None = None) -> Report:
     async with serving(ingest) as url:
         return await send(sent, url=url, batch=batch, concurrency=concurrency, rate=rate,
-                          max_retries=max_retries, timeout=request_timeout)
+                          max_retries=max_retries, timeout=request_timeout, key=key)
 
 
 FIFTY = workload(50, 0.0, ["auth"], seed=1)
+KEY = "lgk_" + "k" * 43
 
 
 async def test_a_503_is_retried_until_the_batch_is_accepted() -> None:
@@ -137,6 +154,76 @@ async def test_a_400_is_not_retried_and_its_events_count_as_failed() -> None:
     assert (report.events_accepted, report.events_failed, report.retries) == (0, 50, 0)
     assert report.errors == ("400 bad_json: the body is not JSON",)
     assert not report.all_accepted
+
+
+async def test_the_key_goes_in_a_bearer_header_on_every_request() -> None:
+    ingest = Ingest(busy)
+    report = await publish(ingest, workload(300, 0.0, ["auth"], seed=1), key=KEY,
+                           concurrency=2)
+    assert (ingest.attempts, report.events_accepted) == (4, 300)
+    assert ingest.authorizations == {f"Bearer {KEY}"}
+    assert ingest.content_types == {"application/json"}
+
+
+async def test_without_a_key_no_authorization_header_is_sent() -> None:
+    ingest = Ingest()
+    await publish(ingest, FIFTY, key="")
+    assert ingest.authorizations == {None}
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+async def test_a_401_stops_the_run_at_once_and_says_no_key_was_sent(concurrency: int) -> None:
+    ingest = Ingest(then=unauthorized)
+    report = await publish(ingest, workload(2_000, 0.0, ["auth"], seed=1), batch=50,
+                           concurrency=concurrency)
+    # Only the requests already in flight when the first 401 came: none after, no retry.
+    assert 1 <= ingest.attempts <= concurrency
+    assert (report.requests, report.retries) == (ingest.attempts, 0)
+    assert (report.events_accepted, report.events_failed) == (0, 2_000)
+    assert not report.all_accepted
+    assert report.stopped is not None
+    assert report.stopped.startswith("401 unauthorized: unknown or revoked key; no key was sent")
+    assert "API_KEY" in report.stopped and "--key" in report.stopped
+    assert report.to_dict()["stopped"] == report.stopped
+    assert f"stopped: {report.stopped}" in report.summary()
+
+
+async def test_a_403_stops_the_run_and_the_key_is_never_shown() -> None:
+    ingest = Ingest(accept, then=forbidden)
+    report = await publish(ingest, workload(500, 0.0, ["auth"], seed=1), key=KEY)
+    assert ingest.attempts == 2
+    assert (report.events_accepted, report.events_failed, report.retries) == (100, 400, 0)
+    assert report.stopped is not None
+    assert report.stopped.startswith("403 forbidden: this key lacks the 'publish' scope")
+    assert "check the key given by API_KEY or --key" in report.stopped
+    assert KEY not in orjson.dumps(report.to_dict()).decode() + report.summary()
+
+
+async def test_a_batch_waiting_to_retry_is_not_sent_again_after_a_stop() -> None:
+    # Worker one's batch gets a 503 asking for a second; meanwhile worker two's gets a 401.
+    ingest = Ingest(busy_for_a_second, unauthorized)
+    report = await publish(ingest, workload(200, 0.0, ["auth"], seed=1), concurrency=2)
+    assert ingest.attempts == 2
+    assert (report.events_accepted, report.events_failed, report.retries) == (0, 200, 0)
+    assert report.seconds < 1.0  # nobody waited out the Retry-After
+    assert report.stopped is not None and report.stopped.startswith("401")
+
+
+async def test_a_paced_run_stops_without_waiting_for_the_slots_it_had_booked() -> None:
+    # 100 events/s in batches of 100: four workers book slots at 0, 1, 2 and 3 s.
+    ingest = Ingest(then=unauthorized)
+    report = await publish(ingest, workload(1_000, 0.0, ["auth"], seed=1), rate=100,
+                           concurrency=4)
+    assert (ingest.attempts, report.events_failed) == (1, 1_000)
+    assert report.seconds < 1.0
+
+
+async def test_a_429_is_retried_after_its_retry_after() -> None:
+    ingest = Ingest(rate_limited, rate_limited)
+    report = await publish(ingest, FIFTY, key=KEY)
+    assert ingest.attempts == 3
+    assert report.seconds >= 2.0
+    assert (report.retries, report.events_accepted, report.stopped) == (2, 50, None)
 
 
 async def test_only_the_first_few_rejections_are_kept_for_the_report() -> None:
