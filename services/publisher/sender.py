@@ -271,8 +271,11 @@ class _Sender:
         except _NotSent:
             self._tally.failed += count
         except _KeyRefused as refused:
-            self._tally.fail(count, str(refused))
-            self._stop(self._key_problem(refused), count)
+            if self._tally.stopped is None:
+                self._tally.fail(count, str(refused))
+                self._stop(self._key_problem(refused), count)
+            else:  # a request in flight when the first refusal came: that one says it all
+                self._tally.failed += count
         except _Rejected as refused:
             logger.warning("batch refused", extra={"action": "publish_refused", "events": count,
                                                    "reason": str(refused)})

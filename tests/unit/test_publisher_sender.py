@@ -186,6 +186,8 @@ async def test_a_401_stops_the_run_at_once_and_says_no_key_was_sent(concurrency:
     assert "API_KEY" in report.stopped and "--key" in report.stopped
     assert report.to_dict()["stopped"] == report.stopped
     assert f"stopped: {report.stopped}" in report.summary()
+    # The refusals of the requests in flight with the first say nothing more.
+    assert report.errors == ("401 unauthorized: unknown or revoked key",)
 
 
 async def test_a_403_stops_the_run_and_the_key_is_never_shown() -> None:
