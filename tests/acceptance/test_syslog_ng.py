@@ -9,6 +9,7 @@ from its reliable disk buffer, with the same ids: they count as duplicates."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -16,14 +17,18 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
+from services.keys import __main__ as keys
 from services.stack.local import LocalStack
 from services.stack.servers import free_port
 from tests.acceptance.helpers import freeze, received, thaw, wait_for, wait_for_received
@@ -224,6 +229,59 @@ def test_a_file_tailed_by_syslog_ng_killed_mid_run_is_stored_exactly_once(
     assert stats["pending"] == 0 and stats["dead_lettered"] == 0
     # The orphaned batch, sent again from the disk buffer with its ids, counted as duplicates
     assert stats["duplicate_dropped"] >= orphaned > 0
+
+
+def rate_limited_key(stack: LocalStack, rate: float, burst: float) -> str:
+    """A new `publish` key with that rate, once ingest knows it (an unknown key is a 401,
+    which the configuration drops): polled with an empty array, a 400 once the key is known."""
+    made = asyncio.run(keys.create(stack.settings, "syslog-ng", scopes=["publish"], rate=rate,
+                                   burst=burst))
+
+    def known() -> bool:
+        asked = urllib.request.Request(
+            f"{stack.base_url}/publish", data=b"[]", headers={
+                "Authorization": f"Bearer {made.secret}", "Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(asked, timeout=10).close()
+        except urllib.error.HTTPError as error:
+            return error.code != 401
+        return True
+
+    wait_for(known, "ingest knows the new key", timeout_s=30, every_s=0.05)
+    return made.secret
+
+
+def answered(stack: LocalStack, status: str) -> float:
+    """How many `POST /publish` ingest answered with that status, from its /metrics."""
+    with stack.request("/metrics") as answer:
+        text = answer.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "logagg_http_requests_total"
+               and sample.labels.get("route") == "/publish"
+               and sample.labels.get("status") == status)
+
+
+def test_batches_refused_429_over_the_keys_rate_are_retried_until_every_line_is_stored(
+        stack: LocalStack, tmp_path: Path, shippers: list[SyslogNg]) -> None:
+    lines = 1000
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    append_lines(logs / "app.log", lines, over_s=0)
+    key = rate_limited_key(stack, rate=250, burst=100)  # a batch of 100 fits, 2.5 a second
+    shipper = SyslogNg(tmp_path / "syslog-ng", "tail-files.conf", stack, LOGAGG_API_KEY=key,
+                       LOGAGG_FILES_DIR=str(logs), LOGAGG_FILES_PATTERN="*.log")
+    shippers.append(shipper)
+    shipper.start()
+    wait_for(lambda: stack.stats()["unique_processed"] >= lines, f"{lines} lines stored",
+             timeout_s=120, every_s=0.2)
+    stats = stack.wait_drained(timeout_s=60)
+    assert answered(stack, "429") > 0
+    assert sorted(int(event["payload"]["message"].split()[1])
+                  for event in stored_events(stack, "files")) == list(range(1, lines + 1))
+    assert stats["unique_processed"] == lines
+    assert stats["received"] == stats["unique_processed"] + stats["duplicate_dropped"]
+    assert stats["pending"] == 0
 
 
 def send_syslog(port: int, frames: list[bytes]) -> None:
