@@ -1,6 +1,7 @@
 """syslog-ng, a real shipper, with the configuration files of deploy/syslog-ng/: a growing file
-tailed into the stack survives a SIGKILL of syslog-ng with every line stored exactly once, and
-the syslog source takes RFC 5424 and RFC 3164 messages.
+tailed into the stack survives a SIGKILL of syslog-ng with every line stored exactly once,
+batches refused 429 are sent again until stored, and the syslog source takes RFC 5424 and
+RFC 3164 messages.
 
 The kill lands at a certain moment: ingest is frozen (SIGSTOP) while syslog-ng has a whole
 batch in ingest's socket, waiting for the answer; syslog-ng is killed then, and ingest let go.
