@@ -37,6 +37,8 @@ PHASES = docker.Phases()
 CLAIM_IDLE_MS = 3000
 # The secrets a user writes in `.env` (README, With Docker Compose), made afresh for each run.
 SECRETS = ("POSTGRES_PASSWORD", "PUBLISH_KEY", "METRICS_KEY", "ADMIN_KEY")
+# Every profile the test starts something of: their images are built or pulled, and removed.
+PROFILES = ("--profile", "observability", "--profile", "shippers")
 SYSTEM_CERTIFICATES = "/etc/ssl/certs/ca-certificates.crt"  # Debian's, and Ubuntu's
 
 
@@ -205,11 +207,10 @@ def prepare(cleanup: ExitStack) -> Deployment:
     prepared = Deployment(engine, project, compose, env, int(env["INGEST_PUBLISHED_PORT"]),
                           made)
     if engine.private:
-        model = json.loads(prepared.compose("--profile", "observability", "config",
-                                            "--format", "json").stdout)
+        model = json.loads(prepared.compose(*PROFILES, "config", "--format", "json").stdout)
         docker.build_standins(engine, docker.official_images(model), PHASES)
     else:
-        prepared.compose("--profile", "observability", "pull", "--ignore-buildable")
+        prepared.compose(*PROFILES, "pull", "--ignore-buildable")
     cleanup.callback(engine, "image", "rm", "--force", f"logagg:{tag}", check=False)
     docker.build_logagg(engine, compose, env, PHASES)
     return prepared
@@ -254,5 +255,5 @@ def deployment() -> Iterator[Deployment]:
     try:
         yield prepared
     finally:
-        prepared.compose("--profile", "observability", "down", "--volumes", "--remove-orphans",
+        prepared.compose(*PROFILES, "down", "--volumes", "--remove-orphans",
                          "--timeout", "10", check=False)

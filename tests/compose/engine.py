@@ -5,7 +5,7 @@ pulled as usual. Otherwise, as root with Debian's `docker.io` and `debootstrap` 
 module starts a private `dockerd` over folders of its own and builds stand-ins for the official
 images, which no registry serves here (`standins/`, and README "With Docker Compose"):
 `debian:bookworm-slim` from `debootstrap --variant=minbase bookworm` through `docker import`, and
-on it the python, redis, postgres and prometheus images from Debian's packages, under the
+on it the python, redis, postgres, prometheus and syslog-ng images from Debian's packages, under the
 official tags, so that the real `docker-compose.yml` and `Dockerfile` run unchanged. Everything
 it starts it stops and removes: containers, volumes, images, the daemon and its folders.
 """
@@ -170,12 +170,13 @@ def _stop_daemon(daemon: subprocess.Popen[bytes], folder: Path) -> None:
 
 def official_images(model: dict[str, Any]) -> dict[str, str]:
     """The official image each stand-in replaces, from the files the test runs: the
-    Dockerfile's base, and the image of the redis, postgres and prometheus services in the
-    model Compose resolved (`config --format json`, observability profile on)."""
+    Dockerfile's base, and the image of the redis, postgres, prometheus and syslog-ng services
+    in the model Compose resolved (`config --format json`, observability and shippers profiles
+    on)."""
     base = re.search(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
     assert base is not None
     images = {"python": base.group(1)}
-    for service in ("redis", "postgres", "prometheus"):
+    for service in ("redis", "postgres", "prometheus", "syslog-ng"):
         images[service] = model["services"][service]["image"]
     return images
 

@@ -3,7 +3,7 @@
 One deployment for the module (conftest.py), its secrets in a `.env` of the test's own; each
 test leaves it running for the next: up and the demo, the keys, the published ports, one
 consumer killed, all consumers killed, down and up, then Prometheus of the observability
-profile. Every wait is a poll with a deadline.
+profile and syslog-ng of the shippers profile. Every wait is a poll with a deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.acceptance.helpers import wait_for
 from tests.compose import engine as docker
 from tests.compose.conftest import CLAIM_IDLE_MS, PHASES, SECRETS, Deployment
 
+DEMO_LOG = docker.ROOT / "deploy" / "syslog-ng" / "demo" / "app.log"  # the shippers profile's
 DEMO_EVENTS, DEMO_UNIQUE = 20_000, 14_000  # the publisher service: 20,000 events, 30% re-sent
 CONSUMERS = 3
 
@@ -280,6 +281,51 @@ def test_prometheus_scrapes_ingest_and_every_consumer_and_agrees_with_stats(
     [ingest] = [target for target in deployment.prometheus_targets()
                 if target["labels"]["job"] == "ingest"]
     assert (ingest["health"], ingest["lastError"]) == ("up", ""), ingest
+
+
+def shipper_stats(deployment: Deployment) -> dict[str, int]:
+    """The restarted syslog-ng's counters (`syslog-ng-ctl stats` in its container), once it
+    watches the demo file: lines read from it (`processed`), and lines in its buffer
+    (`queued`)."""
+    shipper = deployment.container("syslog-ng")
+    seen: dict[str, int] = {}
+
+    def watching() -> bool:
+        answer = deployment.engine("exec", shipper, "syslog-ng-ctl", "stats", check=False)
+        rows = [line.split(";") for line in answer.stdout.splitlines()]
+        seen.clear()
+        seen.update({row[4]: int(row[5]) for row in rows if len(row) == 6 and (
+            (row[2] == "/var/log/demo/app.log" and row[4] == "processed")
+            or (row[0] == "dst.http" and row[4] == "queued"))})
+        return len(seen) == 2
+
+    wait_for(watching, "the restarted syslog-ng watching the demo file", 60, every_s=0.5)
+    return seen
+
+
+def test_the_shippers_profile_tails_the_demo_file_into_ingest_once_across_a_restart(
+        deployment: Deployment) -> None:
+    """syslog-ng of the shippers profile ships deploy/syslog-ng/demo/app.log (topic `files`),
+    each line stored once; restarted, it sends none again (its persist file and disk buffer
+    are in a volume)."""
+    lines = DEMO_LOG.read_text().splitlines()
+    with PHASES.timed("shippers"):
+        start = deployment.stats()
+        deployment.compose("--profile", "shippers", "up", "--detach", "syslog-ng")
+        stats = deployment.settled(start["received"] + len(lines))
+        deployment.compose("--profile", "shippers", "restart", "syslog-ng")
+        # The restarted syslog-ng watches the file again, from the position its persist file
+        # kept: it read no line of it again, and its disk buffer held none.
+        file_stats = shipper_stats(deployment)
+        again = deployment.settled(stats["received"])
+    assert (file_stats["processed"], file_stats["queued"]) == (0, 0), file_stats
+    assert again["topics"]["files"] == {"unique_processed": len(lines), "duplicate_dropped": 0}
+    assert again["received"] - start["received"] == len(lines) and balanced(again), again
+    status, body = deployment.get("/events?topic=files&limit=1000", "ADMIN_KEY")
+    assert status == 200, body[:500]
+    stored = orjson.loads(body)["events"]
+    assert sorted(event["payload"]["message"] for event in stored) == sorted(lines)
+    assert {event["payload"]["file"] for event in stored} == {"/var/log/demo/app.log"}
 
 
 def test_the_secrets_of_the_env_file_are_in_no_file_of_the_repository(
