@@ -197,8 +197,8 @@ def records(message: ExportLogsServiceRequest, settings: Settings) -> Records:
     rejected = 0
     for index, (event, shared, shared_problems) in enumerate(
             _events(message, settings.otlp_topic_attribute)):
-        why = shared_problems + [f"{p['path'] or '/'}: {p['message']}"
-                                 for p in validation.iter_problems([event])]
+        why = shared_problems or [f"{p['path'] or '/'}: {p['message']}"
+                                  for p in validation.iter_problems([event])]
         raw = b""
         if not why:
             event["payload"].update(shared)
