@@ -114,3 +114,23 @@ def test_any_json_is_a_request_or_a_400(body: object) -> None:
         assert error.status == 400
         return
     otlp.records(message, Settings.from_env({}))
+
+
+@pytest.mark.parametrize("levels", [30, 31, 32, 46, 47, 48, 49, 60])
+@pytest.mark.parametrize("container", ["kvlist", "array"])
+def test_json_nested_past_protobufs_depth_is_a_400_never_a_failure_later(
+        levels: int, container: str) -> None:
+    """Protobuf's parser refuses messages nested deeper than 100; the messages built from JSON
+    are held to the same, else the record's digest (its serialization) would fail: a 500."""
+    value: dict[str, object] = {"stringValue": "x"}
+    for _ in range(levels):
+        value = ({"kvlistValue": {"values": [{"key": "k", "value": value}]}}
+                 if container == "kvlist" else {"arrayValue": {"values": [value]}})
+    body = orjson.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": value}]}]}]})
+    try:
+        message = otlp.decode(body, otlp.JSON)
+    except ApiError as error:
+        assert error.status == 400
+        return
+    assert otlp.decode(message.SerializeToString(), otlp.PROTOBUF) == message
+    otlp.records(message, Settings.from_env({}))
