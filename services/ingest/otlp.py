@@ -32,7 +32,7 @@ import hashlib
 import math
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
@@ -52,6 +52,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from services.ingest.errors import ApiError
 from shared import validation
+from shared.exceptions import ConfigurationError
 from shared.settings import Settings
 
 PROTOBUF = "application/x-protobuf"
@@ -118,13 +119,20 @@ _FLOATS = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-@cache
-def _fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
-    return {**{f.name: f for f in descriptor.fields},
-            **{f.json_name: f for f in descriptor.fields}}
+# For each field of a message, by both its names: its own name, whether it repeats, and the
+# conversion of a JSON value to what the constructor takes (the message to read, at a depth).
+_Step = tuple[str, bool, Callable[[Any, int], Any]]
 
 
 @cache
+def _plan(descriptor: Descriptor) -> dict[str, _Step]:
+    plan: dict[str, _Step] = {}
+    for field in descriptor.fields:
+        plan[field.name] = plan[field.json_name] = (
+            field.name, _repeated(field), _converter(field))
+    return plan
+
+
 def _repeated(field: FieldDescriptor) -> bool:
     repeated = getattr(field, "is_repeated", None)  # protobuf 6+; `label` before
     if repeated is None:
@@ -137,49 +145,63 @@ def _from_json(descriptor: Descriptor, value: Any, depth: int = 1) -> dict[str, 
         raise TypeError(f"{descriptor.name} must be a JSON object")
     if depth > MAX_MESSAGE_DEPTH:
         raise ValueError(f"messages nested deeper than {MAX_MESSAGE_DEPTH} levels")
-    fields = _fields(descriptor)
+    plan = _plan(descriptor)
     kwargs = {}
     for key, item in value.items():
-        field = fields.get(key)
-        if field is not None and item is not None:
-            if _repeated(field):
-                if not isinstance(item, list):
-                    raise TypeError(f"{key} must be an array")
-                kwargs[field.name] = [_value(field, each, depth) for each in item]
-            else:
-                kwargs[field.name] = _value(field, item, depth)
+        step = plan.get(key)
+        if step is None or item is None:
+            continue
+        name, repeated, convert = step
+        if repeated:
+            if not isinstance(item, list):
+                raise TypeError(f"{key} must be an array")
+            kwargs[name] = [convert(each, depth) for each in item]
+        else:
+            kwargs[name] = convert(item, depth)
     return kwargs
 
 
-def _value(field: FieldDescriptor, value: Any, depth: int) -> Any:
-    kind = field.type
+def _converter(field: FieldDescriptor) -> Callable[[Any, int], Any]:
+    kind, name = field.type, field.json_name
     if kind == FieldDescriptor.TYPE_MESSAGE:
-        return _from_json(field.message_type, value, depth + 1)
-    if kind == FieldDescriptor.TYPE_STRING or kind == FieldDescriptor.TYPE_BOOL:
-        return value  # the constructor checks the type
+        message = field.message_type
+        return lambda value, depth: _from_json(message, value, depth + 1)
+    if kind in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL):
+        return lambda value, depth: value  # the constructor checks the type
     if kind in _INTEGERS:
-        if isinstance(value, str) and value.lstrip("-").isdigit() and value.isascii():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{field.json_name} must be an integer")
-        return value
+        return lambda value, depth: _integer(name, value)
     if kind == FieldDescriptor.TYPE_ENUM:
-        if isinstance(value, str):
-            return field.enum_type.values_by_name[value].number  # KeyError: not a name
-        return value
+        names = field.enum_type.values_by_name
+        return lambda value, depth: names[value].number if isinstance(value, str) else value
     if kind == FieldDescriptor.TYPE_BYTES:
-        if not isinstance(value, str):
-            raise TypeError(f"{field.json_name} must be a string")
         if field.name in _HEX_IDS:
-            return bytes.fromhex(value)
-        return base64.b64decode(value, validate=True)
+            return lambda value, depth: bytes.fromhex(_string(name, value))
+        return lambda value, depth: base64.b64decode(_string(name, value), validate=True)
     if kind in _FLOATS:
-        if isinstance(value, str):
-            return _SPECIAL_FLOATS[value] if value in _SPECIAL_FLOATS else float(value)
-        if isinstance(value, bool):
-            raise TypeError(f"{field.json_name} must be a number")
-        return value
-    raise TypeError(f"{field.json_name}: unsupported field type")
+        return lambda value, depth: _float(name, value)
+    raise ConfigurationError(f"OTLP field {name}: a type the JSON reader does not know")
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer")
+    return value
+
+
+def _float(name: str, value: Any) -> float:
+    if isinstance(value, str):
+        return _SPECIAL_FLOATS[value] if value in _SPECIAL_FLOATS else float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number")
+    return value
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string")
+    return value
 
 
 def count(message: ExportLogsServiceRequest) -> int:
