@@ -7,8 +7,8 @@ Starts Redis and PostgreSQL on free ports in a temporary folder and `logagg inge
 process of its own (AUTH=off, MAX_BACKLOG=0, no consumer), then sends, in rounds that take the
 three kinds of request in turn, `--requests` requests of `--batch` records or events each, one
 at a time, and reads the ingest process's CPU time (user + system, /proc/<pid>/stat) before and
-after each. Prints the median CPU microseconds per record of each kind across rounds, and
-their ratios to /publish.
+after each, and the wall time. Prints the median CPU microseconds per record of each kind
+across rounds, their ratios to /publish, and the records per second accepted.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def publish_body(batch: int, round_: int) -> bytes:
         for i in range(batch)])
 
 
-async def run(url: str, pid: int, args: argparse.Namespace) -> dict[str, list[float]]:
+async def run(url: str, pid: int, args: argparse.Namespace
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     kinds = {
         "/publish": ("/publish", "application/json",
                      lambda r: [publish_body(args.batch, r * 10_000 + n)
@@ -93,19 +94,21 @@ async def run(url: str, pid: int, args: argparse.Namespace) -> dict[str, list[fl
                                      for _ in range(args.requests)]),
     }
     per_record: dict[str, list[float]] = {kind: [] for kind in kinds}
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
     async with aiohttp.ClientSession() as session:
         for round_ in range(args.rounds):
             for kind, (path, content_type, make) in kinds.items():
                 bodies = make(round_)  # built before the clock starts
-                before = cpu_seconds(pid)
+                before, started = cpu_seconds(pid), time.perf_counter()
                 for body in bodies:
                     async with session.post(url + path, data=body,
                                             headers={"Content-Type": content_type}) as answer:
                         await answer.read()
                         assert answer.status in (200, 202), (kind, answer.status)
-                spent = cpu_seconds(pid) - before
+                spent, took = cpu_seconds(pid) - before, time.perf_counter() - started
                 per_record[kind].append(spent / (args.requests * args.batch) * 1e6)
-    return per_record
+                rates[kind].append(args.requests * args.batch / took)
+    return per_record, rates
 
 
 def main() -> None:
@@ -122,17 +125,18 @@ def main() -> None:
                                   env={**os.environ, **settings.to_env()})
         try:
             asyncio.run(wait_ready(f"http://127.0.0.1:{port}"))
-            figures = asyncio.run(run(f"http://127.0.0.1:{port}", ingest.pid, args))
+            figures, rates = asyncio.run(run(f"http://127.0.0.1:{port}", ingest.pid, args))
         finally:
             ingest.terminate()
             ingest.wait(15)
     base = statistics.median(figures["/publish"])
     print(f"{args.rounds} rounds x {args.requests} requests x {args.batch} records; "
-          f"ingest CPU microseconds per record (median; all rounds)")
+          f"ingest CPU microseconds per record (median, ratio to /publish; all rounds); "
+          f"records/s accepted by one client sending one request at a time (median)")
     for kind, values in figures.items():
         median = statistics.median(values)
         print(f"{kind:20} {median:7.1f} us  x{median / base:4.2f}  "
-              f"{' '.join(f'{v:.1f}' for v in values)}")
+              f"{' '.join(f'{v:.1f}' for v in values)}  {statistics.median(rates[kind]):8,.0f}/s")
 
 
 async def wait_ready(url: str) -> None:
