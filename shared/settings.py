@@ -74,6 +74,9 @@ class Settings:
     # tens or hundreds; a client that puts a request id in it is stopped after 10,000, at a
     # few MB of Redis and of each ingest's memory (255 characters a topic at most).
     max_topics: int = 10_000
+    # POST /v1/logs (services/ingest/otlp.py): the resource attribute whose value is the topic
+    # of each log record; `service.name` by default, as Loki's labels do.
+    otlp_topic_attribute: str = "service.name"
 
     @property
     def read_count(self) -> int:
@@ -147,6 +150,8 @@ class Settings:
                 f"BATCH_BYTES must be at most {MAX_BATCH_BYTES_LIMIT} (512 MiB), got "
                 f"{self.batch_bytes}: a batch is settled by one statement, and PostgreSQL "
                 f"refuses a message of 1 GiB or more")
+        if not self.otlp_topic_attribute:
+            raise ConfigurationError("OTLP_TOPIC_ATTRIBUTE must name a resource attribute")
         if self.auth not in {"on", "off"}:
             raise ConfigurationError(f"AUTH must be on or off, got {self.auth!r}")
         if not 50 <= self.keys_refresh_ms <= 1000:

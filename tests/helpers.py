@@ -161,3 +161,33 @@ async def waiting_for_locks(sql: psycopg.Connection[Any], count: int) -> bool:
 def logged(records: Sequence[logging.LogRecord], action: str) -> list[logging.LogRecord]:
     """The log records with this `action`, in the order they were logged."""
     return [r for r in records if getattr(r, "action", None) == action]
+
+
+# ----------------------------------------------------------------------------------------------
+# OTLP (POST /v1/logs)
+
+
+def otlp_logs(*services: str, records: int = 1, body: str = "order paid") -> bytes:
+    """An OTLP `ExportLogsServiceRequest` in protobuf: one resource per service name (its
+    `service.name`, the topic), each with `records` log records."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    message = ExportLogsServiceRequest()
+    for service in services or ("checkout",):
+        resource_logs = message.resource_logs.add()
+        resource_logs.resource.attributes.add(key="service.name").value.string_value = service
+        scope_logs = resource_logs.scope_logs.add()
+        for i in range(records):
+            record = scope_logs.log_records.add(time_unix_nano=1_764_064_800_000_000_000 + i)
+            record.body.string_value = f"{body} {i}"
+    return message.SerializeToString()
+
+
+def otlp_json(protobuf: bytes) -> bytes:
+    """The same request in OTLP's JSON (ids would be hex: these records have none)."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    message = ExportLogsServiceRequest()
+    message.ParseFromString(protobuf)
+    return orjson.dumps(json_format.MessageToDict(message))

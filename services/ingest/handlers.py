@@ -1,7 +1,8 @@
 """Thin request handlers: parse and check the request, call the domain, shape the answer.
 
 An outage of Redis or PostgreSQL (`Unavailable`) is not handled here: it goes up to
-`middlewares.errors_as_json`, which answers 503 for every route alike.
+`middlewares.errors_as_json`, which answers 503 for every route alike; but for /v1/logs,
+which answers its errors as OTLP says (`otlp_logs`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.ingest import otlp
 from services.ingest.auth import API_KEY, check_events, check_topic, rate_limited
 from services.ingest.bodies import read_events
-from services.ingest.errors import ApiError, json_dumps
+from services.ingest.errors import ApiError, json_dumps, unavailable
 from services.ingest.keys import BACKLOG, RATE_LIMITS, SETTINGS, STARTED, STORE, STREAM
 from services.ingest.topics import admit_topics
 from shared import cursor, snapshot
@@ -51,6 +53,53 @@ async def publish(request: web.Request) -> web.Response:
     EVENTS_ACCEPTED.inc(len(batch.events))
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     return _json({"accepted": len(batch.events)}, status=202)
+
+
+async def otlp_logs(request: web.Request) -> web.Response:
+    """OTLP/HTTP logs (services/ingest/otlp.py): the valid records appended, all or none; the
+    others counted in `partial_success`. Errors as OTLP answers them, in the request's
+    encoding."""
+    media_type = otlp.PROTOBUF if request.content_type == otlp.PROTOBUF else otlp.JSON
+    try:
+        return await _otlp_logs(request, otlp.encoding(request))
+    except ApiError as error:
+        refusal = error
+    except Unavailable as error:
+        refusal = unavailable(error)
+    except web.HTTPRequestEntityTooLarge:
+        refusal = _body_too_large(request.app[SETTINGS].max_body_bytes)
+    except web.RequestPayloadError as error:  # e.g. `Content-Encoding: gzip` over plain bytes
+        refusal = ApiError(400, "unreadable_body", f"the body could not be read: {error}")
+    response = otlp.error_answer(refusal, media_type)
+    if refusal.status == 408:  # the body is still coming: no other request on this connection
+        response.force_close()
+    return response
+
+
+async def _otlp_logs(request: web.Request, media_type: str) -> web.Response:
+    started = time.perf_counter()
+    settings = request.app[SETTINGS]
+    if (request.content_length or 0) > settings.max_body_bytes:
+        raise _body_too_large(settings.max_body_bytes)
+    message = otlp.decode(await request.read(), media_type)
+    records = otlp.count(message)
+    if records > settings.max_batch_events:
+        raise ApiError(413, "too_many_events",
+                       f"{records} log records is over MAX_BATCH_EVENTS "
+                       f"({settings.max_batch_events}): split the batch")
+    found = otlp.records(message, settings)
+    if found.events:
+        await admit(request, found.events)
+        await admit_topics(request.app, found.events)
+        await append(request.app, found.serialized)
+        EVENTS_ACCEPTED.inc(len(found.events))
+        PUBLISH_SECONDS.observe(time.perf_counter() - started)
+    return otlp.answer(otlp.success(found.rejected, found.problems), media_type)
+
+
+def _body_too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large",
+                    f"the body (decompressed) is over MAX_BODY_BYTES ({limit} bytes)")
 
 
 async def admit(request: web.Request, events: list[dict[str, Any]]) -> None:

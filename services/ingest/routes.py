@@ -23,6 +23,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Method, path, the scope a key needs (None: open to all, SPEC §3a), handler.
 ROUTES: list[tuple[str, str, str | None, Handler]] = [
     ("POST", "/publish", PUBLISH, handlers.publish),
+    ("POST", "/v1/logs", PUBLISH, handlers.otlp_logs),
     ("GET", "/events", READ, handlers.list_events),
     ("GET", "/stats", READ, handlers.stats),
     ("GET", "/metrics", READ, handlers.metrics),

@@ -38,7 +38,15 @@ from shared.paths import OPENAPI_FILE, SCHEMA_FILE, STATIC_DIR
 from shared.settings import Settings
 from shared.store import Store
 from shared.stream import Stream
-from tests.helpers import ADMIN_KEY, api_client, bearer, event, settle_like_a_consumer
+from tests.helpers import (
+    ADMIN_KEY,
+    api_client,
+    bearer,
+    event,
+    otlp_json,
+    otlp_logs,
+    settle_like_a_consumer,
+)
 
 Client = TestClient[Any, Any]
 
@@ -48,6 +56,7 @@ REGISTRY: Registry[Any] = Registry().with_resource(
     DOCUMENT_URI, DRAFT202012.create_resource(DOCUMENT))
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
+OTLP_STATUS_REF = {"$ref": "#/components/schemas/OtlpStatus"}
 # Headers that tell a client what to do next: an answer that carries one must document it.
 INSTRUCTIONS = ("Retry-After", "WWW-Authenticate", "Allow")
 
@@ -339,6 +348,48 @@ def problems(body: Any) -> list[tuple[int, str]]:
 
 
 UNKNOWN_KEY = "Bearer lgk_" + "x" * 43
+PROTOBUF = "application/x-protobuf"
+
+
+def otlp(body: bytes, content_type: str = "application/json", *,
+         key: Credential | None = None) -> Send:
+    """POST /v1/logs; `body` in protobuf, sent in JSON unless `content_type` says protobuf."""
+    async def send(world: World) -> ClientResponse:
+        data = body if content_type != "application/json" else otlp_json(body)
+        return await world.client.post("/v1/logs", data=data, headers={
+            "Content-Type": content_type, **auth(await authorization(world, key))})
+    return send
+
+
+def status(code: str) -> Callable[[Any], bool]:
+    """A google.rpc.Status in JSON whose message starts with our error `code`."""
+    return lambda body: str(body["message"]).startswith(f"{code}: ")
+
+
+async def otlp_over_the_rate(world: World) -> ClientResponse:
+    key = await a_key(rate=0.5, burst=5)(world)
+    assert (await otlp(otlp_logs(records=5), key=literally(key))(world)).status == 200
+    return await otlp(otlp_logs(), key=literally(key))(world)
+
+
+async def otlp_full_backlog(world: World) -> ClientResponse:
+    assert (await otlp(otlp_logs(records=8))(world)).status == 200
+    return await otlp(otlp_logs(records=3, body="more"))(world)
+
+
+async def otlp_body_that_stops_coming(world: World) -> ClientResponse:
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b"{"
+        await asyncio.sleep(60)  # the server answers long before
+        yield b"}"
+    settings = dataclasses.replace(world.settings, body_timeout_ms=300,
+                                   ingest_host="127.0.0.1", ingest_port=0)
+    async with serving(create_app(settings), settings) as site, \
+            ClientSession(headers=bearer()) as session:
+        answer = await session.post(f"http://127.0.0.1:{site.port}/v1/logs", data=stalled(),
+                                    headers={"Content-Type": "application/json"})
+        await answer.read()
+    return answer
 
 
 SCENARIOS = [
@@ -411,6 +462,48 @@ SCENARIOS = [
              error="rate_limited", retry_after="2"),
     Scenario("publish before the keys were ever read", "POST", "/publish", 503,
              publish(event()), variant=keys_never_read, error="keys_unavailable",
+             retry_after="1"),
+    # POST /v1/logs
+    Scenario("otlp logs in json", "POST", "/v1/logs", 200, otlp(otlp_logs(records=2)),
+             check=lambda body: body == {}),
+    Scenario("otlp logs in protobuf", "POST", "/v1/logs", 200,
+             otlp(otlp_logs(body="nul \x00"), PROTOBUF)),
+    Scenario("otlp logs with a rejected record", "POST", "/v1/logs", 200,
+             otlp(otlp_logs("checkout", "s" * 256)),
+             check=lambda body: body["partialSuccess"]["rejectedLogRecords"] == "1"),
+    Scenario("otlp logs undecodable", "POST", "/v1/logs", 400, otlp(b"\xff\xff", PROTOBUF)),
+    Scenario("otlp logs in broken json", "POST", "/v1/logs", 400,
+             lambda world: world.client.post("/v1/logs", data=b"{",
+                                             headers={"Content-Type": "application/json"}),
+             check=status("invalid_body")),
+    Scenario("otlp logs without a key", "POST", "/v1/logs", 401, otlp(otlp_logs()), key=None,
+             error="unauthorized"),
+    Scenario("otlp logs with a read key", "POST", "/v1/logs", 403,
+             otlp(otlp_logs(), key=a_key(scopes=["read"])), error="forbidden"),
+    Scenario("otlp logs to a topic outside the key's", "POST", "/v1/logs", 403,
+             otlp(otlp_logs("checkout", "billing"), key=a_key(topics=["checkout"])),
+             check=status("forbidden")),
+    Scenario("otlp logs whose body stops coming", "POST", "/v1/logs", 408,
+             otlp_body_that_stops_coming, check=status("request_timeout")),
+    Scenario("otlp logs too many records", "POST", "/v1/logs", 413,
+             otlp(otlp_logs(records=4)), variant=limits(max_batch_events=3),
+             check=status("too_many_events")),
+    Scenario("otlp logs over the body limit", "POST", "/v1/logs", 413,
+             otlp(otlp_logs(records=40)), variant=limits(max_body_bytes=1000),
+             check=status("body_too_large")),
+    Scenario("otlp logs in plain text", "POST", "/v1/logs", 415, otlp(b"x", "text/plain"),
+             check=status("unsupported_media_type")),
+    Scenario("otlp logs of too many topics", "POST", "/v1/logs", 422,
+             otlp(otlp_logs("checkout", "billing")), variant=limits(max_topics=1),
+             check=status("too_many_topics")),
+    Scenario("otlp logs over the key's rate", "POST", "/v1/logs", 429, otlp_over_the_rate,
+             retry_after="2", check=status("rate_limited")),
+    Scenario("otlp logs over the backlog limit", "POST", "/v1/logs", 503, otlp_full_backlog,
+             variant=limits(max_backlog=10), retry_after="2", check=status("backlog_full")),
+    Scenario("otlp logs while redis is down", "POST", "/v1/logs", 503, otlp(otlp_logs()),
+             variant=redis_down, retry_after="1", check=status("broker_unavailable")),
+    Scenario("otlp logs before the keys were ever read", "POST", "/v1/logs", 503,
+             otlp(otlp_logs()), variant=keys_never_read, error="keys_unavailable",
              retry_after="1"),
     # GET /events
     Scenario("events, a full page", "GET", "/events", 200, a_full_page,
@@ -556,7 +649,12 @@ def test_every_error_response_uses_the_one_error_schema() -> None:
             if int(status) < 400:
                 continue
             schema = resolve(response)["content"]["application/json"]["schema"]
-            if (method, path, status) == ("GET", "/readyz", "503"):
+            if path == "/v1/logs" and status != "401":
+                # OTLP answers errors with a google.rpc.Status; the key check, which comes
+                # before the route's own, with ours (401 only ours).
+                assert schema in (OTLP_STATUS_REF, {"oneOf": [ERROR_REF, OTLP_STATUS_REF]}), (
+                    method, path, status)
+            elif (method, path, status) == ("GET", "/readyz", "503"):
                 # Not ready is an answer, not an error: the same body as 200, naming the checks.
                 assert schema == {"$ref": "#/components/schemas/Readiness"}
             else:

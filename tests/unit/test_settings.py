@@ -47,6 +47,7 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "api_key": "",
     "keys_refresh_ms": 500,
     "max_topics": 10_000,
+    "otlp_topic_attribute": "service.name",
 }
 DEFAULTS = {**SPEC_DEFAULTS, **EXTRA_DEFAULTS}
 
@@ -86,6 +87,7 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "api_key": ("lgk_" + "k" * 43, "lgk_" + "k" * 43),
     "keys_refresh_ms": ("100", 100),
     "max_topics": ("500", 500),
+    "otlp_topic_attribute": ("deployment.environment", "deployment.environment"),
 }
 
 
