@@ -81,13 +81,13 @@ async def _otlp_logs(request: web.Request, media_type: str) -> web.Response:
     settings = request.app[SETTINGS]
     if (request.content_length or 0) > settings.max_body_bytes:
         raise _body_too_large(settings.max_body_bytes)
-    message = otlp.decode(await request.read(), media_type)
+    message, hints = otlp.read(await request.read(), media_type)
     records = otlp.count(message)
     if records > settings.max_batch_events:
         raise ApiError(413, "too_many_events",
                        f"{records} log records is over MAX_BATCH_EVENTS "
                        f"({settings.max_batch_events}): split the batch")
-    found = otlp.records(message, settings)
+    found = otlp.records(message, settings, hints)
     if found.events:
         await admit(request, found.events)
         await admit_topics(request.app, found.events)

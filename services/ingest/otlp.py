@@ -83,21 +83,73 @@ def encoding(request: web.Request) -> str:
                    f"send Content-Type: {PROTOBUF} or {JSON}, not {request.content_type!r}")
 
 
+class Decoded(NamedTuple):
+    message: ExportLogsServiceRequest
+    # For a JSON body: each record's attributes and body as its event has them, where the
+    # JSON said them plainly (None, UNREAD: read them from the message).
+    hints: list[tuple[dict[str, Any] | None, Any]] | None = None
+
+
 def decode(body: bytes, media_type: str) -> ExportLogsServiceRequest:
     """The export request the body holds, or 400 `invalid_body`."""
+    return read(body, media_type).message
+
+
+def read(body: bytes, media_type: str) -> Decoded:
+    """The export request the body holds, and for JSON its hints; or 400 `invalid_body`."""
     message = ExportLogsServiceRequest()
+    hints = None
     try:
         if media_type == PROTOBUF:
             message.ParseFromString(body)
         else:
-            message = ExportLogsServiceRequest(**_from_json(_REQUEST, orjson.loads(body)))
+            kwargs = _from_json(_REQUEST, orjson.loads(body))
+            message = ExportLogsServiceRequest(**kwargs)
+            hints = _hints(kwargs)
     except (DecodeError, orjson.JSONDecodeError, ValueError, TypeError, KeyError,
             AttributeError, RecursionError, binascii.Error) as error:
         raise ApiError(400, "invalid_body",
                        f"the body is not an OTLP ExportLogsServiceRequest in {media_type}: "
                        f"{str(error)[:300]}") from None
     message.DiscardUnknownFields()  # the digest of a record is that of what we read of it
-    return message
+    return Decoded(message, hints)
+
+
+UNREAD = object()
+
+
+def _hints(request: dict[str, Any]) -> list[tuple[dict[str, Any] | None, Any]]:
+    """What the event of each record of a JSON request will have for its attributes and its
+    body, taken from the constructors' arguments (the message was built from them: a string is
+    a `str` and an integer an `int`) where these are only strings and integers; None and
+    UNREAD where not. Spares `record_json` reading them back from the message."""
+    return [(_attributes_hint(record.get("attributes", ())), _value_hint(record.get("body")))
+            for resource in request.get("resource_logs", ())
+            for scope in resource.get("scope_logs", ())
+            for record in scope.get("log_records", ())]
+
+
+def _value_hint(value: dict[str, Any] | None) -> Any:
+    if value is None:
+        return None  # no body: an empty AnyValue
+    if len(value) == 1:
+        if "string_value" in value:
+            return value["string_value"]
+        if "int_value" in value:
+            return value["int_value"]
+    return UNREAD
+
+
+def _attributes_hint(pairs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    attributes = {}
+    for pair in pairs:
+        if len(pair) != 2 or "key" not in pair or "value" not in pair:
+            return None
+        value = _value_hint(pair["value"])
+        if value is UNREAD:
+            return None
+        attributes[pair["key"]] = value
+    return attributes
 
 
 # OTLP's JSON to the messages' constructors, which take nested dicts and build the messages in
@@ -146,13 +198,23 @@ def _from_json(descriptor: Descriptor, value: Any, depth: int = 1) -> dict[str, 
     if depth > MAX_MESSAGE_DEPTH:
         raise ValueError(f"messages nested deeper than {MAX_MESSAGE_DEPTH} levels")
     plan = _plan(descriptor)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, item in value.items():
         step = plan.get(key)
         if step is None or item is None:
             continue
         name, repeated, convert = step
-        if repeated:
+        # Most fields of a record, inline: strings, integers, ids.
+        if convert is _as_is:
+            kwargs[name] = item
+        elif convert is _integer_value:
+            if type(item) is str and item.isdigit() and item.isascii():
+                kwargs[name] = int(item)
+            else:
+                kwargs[name] = _integer(key, item)
+        elif convert is _hex_id:
+            kwargs[name] = bytes.fromhex(item if type(item) is str else _string(key, item))
+        elif repeated:
             if not isinstance(item, list):
                 raise TypeError(f"{key} must be an array")
             kwargs[name] = [convert(each, depth) for each in item]
@@ -161,25 +223,75 @@ def _from_json(descriptor: Descriptor, value: Any, depth: int = 1) -> dict[str, 
     return kwargs
 
 
+# The values and attributes most records are made of, read without the plan: an AnyValue of a
+# string alone, a KeyValue of a key and such a value. Anything else (another shape, a wrong
+# type, an unknown field) goes the general way above, which reads it the same.
+_ANY_VALUE = AnyValue.DESCRIPTOR
+_KEY_VALUE = KeyValue.DESCRIPTOR
+
+
+def _any_value(value: Any, depth: int) -> dict[str, Any]:
+    if type(value) is dict and len(value) == 1 and depth < MAX_MESSAGE_DEPTH:
+        string = value.get("stringValue")
+        if type(string) is str:
+            return {"string_value": string}
+        number = value.get("intValue")
+        if type(number) is str and number.isdigit() and number.isascii():
+            return {"int_value": int(number)}
+    return _from_json(_ANY_VALUE, value, depth + 1)
+
+
+def _key_value(pair: Any, depth: int) -> dict[str, Any]:
+    if type(pair) is dict and len(pair) == 2:
+        key, value = pair.get("key"), pair.get("value")
+        if type(key) is str and type(value) is dict and depth < MAX_MESSAGE_DEPTH - 1:
+            if len(value) == 1 and type(string := value.get("stringValue")) is str:
+                return {"key": key, "value": {"string_value": string}}  # _any_value's, inline
+            return {"key": key, "value": _any_value(value, depth + 1)}
+    return _from_json(_KEY_VALUE, pair, depth + 1)
+
+
 def _converter(field: FieldDescriptor) -> Callable[[Any, int], Any]:
     kind, name = field.type, field.json_name
     if kind == FieldDescriptor.TYPE_MESSAGE:
         message = field.message_type
+        if message is _ANY_VALUE:
+            return _any_value
+        if message is _KEY_VALUE:
+            return _key_value
         return lambda value, depth: _from_json(message, value, depth + 1)
+    if kind in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL) and not _repeated(field):
+        return _as_is  # read in _from_json; the constructor checks the type
     if kind in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL):
-        return lambda value, depth: value  # the constructor checks the type
+        return lambda value, depth: value
+    if kind in _INTEGERS and not _repeated(field):
+        return _integer_value  # read in _from_json
     if kind in _INTEGERS:
         return lambda value, depth: _integer(name, value)
     if kind == FieldDescriptor.TYPE_ENUM:
         names = field.enum_type.values_by_name
         return lambda value, depth: names[value].number if isinstance(value, str) else value
     if kind == FieldDescriptor.TYPE_BYTES:
+        if field.name in _HEX_IDS and not _repeated(field):
+            return _hex_id  # read in _from_json
         if field.name in _HEX_IDS:
             return lambda value, depth: bytes.fromhex(_string(name, value))
         return lambda value, depth: base64.b64decode(_string(name, value), validate=True)
     if kind in _FLOATS:
         return lambda value, depth: _float(name, value)
     raise ConfigurationError(f"OTLP field {name}: a type the JSON reader does not know")
+
+
+def _as_is(value: Any, depth: int) -> Any:
+    raise AssertionError("read in _from_json")  # pragma: no cover
+
+
+def _integer_value(value: Any, depth: int) -> int:
+    raise AssertionError("read in _from_json")  # pragma: no cover
+
+
+def _hex_id(value: Any, depth: int) -> bytes:
+    raise AssertionError("read in _from_json")  # pragma: no cover
 
 
 def _integer(name: str, value: Any) -> int:
@@ -211,7 +323,8 @@ def count(message: ExportLogsServiceRequest) -> int:
 
 # -- the mapping ---------------------------------------------------------------------------------
 
-def records(message: ExportLogsServiceRequest, settings: Settings) -> Records:
+def records(message: ExportLogsServiceRequest, settings: Settings,
+            hints: list[tuple[dict[str, Any] | None, Any]] | None = None) -> Records:
     """Every log record of the request as an event; those that fail /publish's checks are
     counted as rejected, the first few named.
 
@@ -222,7 +335,7 @@ def records(message: ExportLogsServiceRequest, settings: Settings) -> Records:
     serialized: list[bytes] = []
     problems: list[str] = []
     rejected = 0
-    mapped = list(_events(message, settings.otlp_topic_attribute))
+    mapped = list(_events(message, settings.otlp_topic_attribute, hints))
     # Most requests are all valid: one pass over them says so; else each record's own.
     clean = not validation.report([e for e, _, found in mapped if not found], limit=0).total
     for index, (event, shared, shared_problems) in enumerate(mapped):
@@ -255,11 +368,13 @@ def _shared_problems(topic: str, source: str, shared: dict[str, Any]) -> list[st
     return [f"{p['path'] or '/'}: {p['message']}" for p in validation.iter_problems([event])]
 
 
-def _events(message: ExportLogsServiceRequest, topic_attribute: str
+def _events(message: ExportLogsServiceRequest, topic_attribute: str,
+            hints: list[tuple[dict[str, Any] | None, Any]] | None = None
             ) -> Iterator[tuple[dict[str, Any], dict[str, Any], list[str]]]:
     """Each record as an event without its resource and scope, those (shared by the records of
     a scope, to add to its payload), and their problems."""
     received = None
+    index = 0
     for resource_logs in message.resource_logs:
         resource = resource_logs.resource
         attributes = attributes_json(resource.attributes)
@@ -277,35 +392,44 @@ def _events(message: ExportLogsServiceRequest, topic_attribute: str
                 "attributes": attributes_json(scope.attributes),
                 "schema_url": scope_logs.schema_url, **_dropped(scope.dropped_attributes_count)}}
             shared_problems = _shared_problems(topic, source, shared)
-            identity = resource_bytes + _framed(scope.SerializeToString(deterministic=True),
-                                                scope_logs.schema_url.encode())
+            identity = hashlib.sha256(resource_bytes + _framed(
+                scope.SerializeToString(deterministic=True), scope_logs.schema_url.encode()))
             for record in scope_logs.log_records:
                 nanos = record.time_unix_nano or record.observed_time_unix_nano
                 if not nanos:
                     received = received or time.time_ns()
                     nanos = received
-                payload = record_json(record)
+                if hints is None:
+                    payload = record_json(record)
+                else:
+                    payload = record_json(record, *hints[index])
+                    index += 1
                 uid = payload["attributes"].get(RECORD_UID)
                 event_id = uid if isinstance(uid, str) and uid else _digest(identity, record)
                 yield ({"topic": topic, "event_id": event_id, "timestamp": _rfc3339(nanos),
                         "source": source, "payload": payload}, shared, shared_problems)
 
 
-def record_json(record: LogRecord) -> dict[str, Any]:
-    """What the record carries, as JSON: ids in hex, 64-bit times as strings (as OTLP's JSON)."""
-    return {
-        "body": any_value_json(record.body),
+def record_json(record: LogRecord, attributes: dict[str, Any] | None = None,
+                body: Any = UNREAD) -> dict[str, Any]:
+    """What the record carries, as JSON: ids in hex, 64-bit times as strings (as OTLP's JSON);
+    its attributes and body as given, if they are (`_hints`)."""
+    payload = {
+        "body": any_value_json(record.body) if body is UNREAD else body,
         "severity_number": record.severity_number,
         "severity_text": record.severity_text,
-        "attributes": attributes_json(record.attributes),
+        "attributes": attributes_json(record.attributes) if attributes is None else attributes,
         "trace_id": record.trace_id.hex(),
         "span_id": record.span_id.hex(),
         "flags": record.flags,
         "time_unix_nano": str(record.time_unix_nano),
         "observed_time_unix_nano": str(record.observed_time_unix_nano),
-        **({"event_name": record.event_name} if record.event_name else {}),
-        **_dropped(record.dropped_attributes_count),
     }
+    if event_name := record.event_name:
+        payload["event_name"] = event_name
+    if dropped := record.dropped_attributes_count:
+        payload["dropped_attributes_count"] = dropped
+    return payload
 
 
 def attributes_json(attributes: Iterable[KeyValue]) -> dict[str, Any]:
@@ -347,9 +471,16 @@ def _framed(*parts: bytes) -> bytes:
     return b"".join(struct.pack(">Q", len(part)) + part for part in parts)
 
 
-def _digest(identity: bytes, record: Message) -> str:
-    return hashlib.sha256(identity + _framed(record.SerializeToString(deterministic=True))
-                          ).hexdigest()
+def _digest(identity: Any, record: Message) -> str:
+    """The SHA-256 of the record's resource and scope (`identity`, hashed once per scope) and
+    the record, each framed by its length."""
+    serialized = record.SerializeToString(deterministic=True)
+    digest = identity.copy()
+    digest.update(_LENGTH(len(serialized)) + serialized)
+    return str(digest.hexdigest())
+
+
+_LENGTH = struct.Struct(">Q").pack
 
 
 def _rfc3339(nanos: int) -> str:

@@ -106,14 +106,65 @@ JSON_VALUES = st.recursive(
     max_leaves=30)
 
 
+def same_events(decoded: otlp.Decoded) -> None:
+    """The events of a JSON request are the same, byte for byte, with the hints of its JSON
+    as read from the message alone (but for the time ingest read a record without one)."""
+    settings = Settings.from_env({})
+    hinted = otlp.records(decoded.message, settings, decoded.hints)
+    plain = otlp.records(decoded.message, settings)
+    assert (hinted.rejected, hinted.problems) == (plain.rejected, plain.problems)
+    assert ([orjson.dumps({**e, "timestamp": None}) for e in hinted.events]
+            == [orjson.dumps({**e, "timestamp": None}) for e in plain.events])
+
+
 @given(JSON_VALUES)
 def test_any_json_is_a_request_or_a_400(body: object) -> None:
     try:
-        message = otlp.decode(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), otlp.JSON)
+        decoded = otlp.read(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), otlp.JSON)
     except ApiError as error:
         assert error.status == 400
         return
-    otlp.records(message, Settings.from_env({}))
+    same_events(decoded)
+
+
+PLAIN_VALUES = st.one_of(
+    st.none(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=5),
+    st.dictionaries(st.sampled_from(["stringValue", "intValue", "boolValue", "x"]),
+                    st.one_of(st.text(max_size=3),
+                              st.sampled_from(["42", "-1", "0042", "x", str(2**63), str(2**64)]),
+                              st.integers(-3, 3), st.booleans(), st.none()), max_size=2))
+
+
+@given(st.lists(st.one_of(
+    st.dictionaries(st.sampled_from(["key", "value", "x"]),
+                    st.one_of(st.sampled_from(["a", "b", "log.record.uid"]), PLAIN_VALUES),
+                    max_size=3),
+    st.fixed_dictionaries({"key": st.sampled_from(["a", "b", "log.record.uid"]),
+                           "value": PLAIN_VALUES})), max_size=4), PLAIN_VALUES)
+def test_the_hints_of_json_change_no_event(attributes: list[object], body: object) -> None:
+    """Attributes and bodies of strings and integers, the shapes the hints take, and their
+    neighbours: given twice, empty, of other types, with unknown fields."""
+    record = {"attributes": attributes, "body": body, "timeUnixNano": "1"}
+    request = {"resourceLogs": [{"scopeLogs": [{"logRecords": [record, {"body": body}]}]}]}
+    try:
+        decoded = otlp.read(orjson.dumps(request), otlp.JSON)
+    except ApiError as error:
+        assert error.status == 400
+        return
+    assert decoded.hints is not None
+    same_events(decoded)
+
+
+def test_the_hints_of_json_are_taken_where_plain() -> None:
+    body = otlp_json(every_kind())
+    record = body["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]  # type: ignore[index]
+    plain = {**record, "body": {"stringValue": "paid"}, "attributes": [
+        {"key": "a", "value": {"stringValue": "x"}}, {"key": "n", "value": {"intValue": "42"}},
+        {"key": "a", "value": {"stringValue": "y"}}]}
+    body["resourceLogs"][0]["scopeLogs"][0]["logRecords"].append(plain)  # type: ignore[index]
+    decoded = otlp.read(orjson.dumps(body), otlp.JSON)
+    assert decoded.hints == [(None, otlp.UNREAD), ({"a": "y", "n": 42}, "paid")]
+    same_events(decoded)
 
 
 @pytest.mark.parametrize("levels", [30, 31, 32, 46, 47, 48, 49, 60])
