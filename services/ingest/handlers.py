@@ -47,12 +47,19 @@ async def publish(request: web.Request) -> web.Response:
     """Parse the request into valid events, then append them all, or none."""
     started = time.perf_counter()
     batch = await read_events(request, request.app[SETTINGS])
-    await admit(request, batch.events)
-    await admit_topics(request.app, batch.events)
-    await append(request.app, batch.serialized)
-    EVENTS_ACCEPTED.inc(len(batch.events))
-    PUBLISH_SECONDS.observe(time.perf_counter() - started)
+    await enqueue(request, batch.events, batch.serialized, started)
     return _json({"accepted": len(batch.events)}, status=202)
+
+
+async def enqueue(request: web.Request, events: list[dict[str, Any]], serialized: list[bytes],
+                  started: float) -> None:
+    """The one way valid events go in, from /publish and /v1/logs alike: the key's limits and
+    rate, the topic limit, then the stream; all or none."""
+    await admit(request, events)
+    await admit_topics(request.app, events)
+    await append(request.app, serialized)
+    EVENTS_ACCEPTED.inc(len(events))
+    PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
 
 async def otlp_logs(request: web.Request) -> web.Response:
@@ -89,11 +96,7 @@ async def _otlp_logs(request: web.Request, media_type: str) -> web.Response:
                        f"({settings.max_batch_events}): split the batch")
     found = otlp.records(message, settings, hints)
     if found.events:
-        await admit(request, found.events)
-        await admit_topics(request.app, found.events)
-        await append(request.app, found.serialized)
-        EVENTS_ACCEPTED.inc(len(found.events))
-        PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        await enqueue(request, found.events, found.serialized, started)
     return otlp.answer(otlp.success(found.rejected, found.problems), media_type)
 
 

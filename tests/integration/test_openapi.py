@@ -310,21 +310,24 @@ async def a_topic_past_the_limit(world: World) -> ClientResponse:
     return await publish([event("p1", topic="auth"), event("p2", topic="payments")])(world)
 
 
-async def a_body_that_stops_coming(world: World) -> ClientResponse:
-    """Through the edge (services/ingest/server.py), which keeps the body's deadline: the test
-    client's server has none."""
-    async def stalled() -> AsyncIterator[bytes]:
-        yield b"["
-        await asyncio.sleep(60)  # the server answers long before
-        yield b"]"
-    settings = dataclasses.replace(world.settings, body_timeout_ms=300,
-                                   ingest_host="127.0.0.1", ingest_port=0)
-    async with serving(create_app(settings), settings) as site, \
-            ClientSession(headers=bearer()) as session:
-        answer = await session.post(f"http://127.0.0.1:{site.port}/publish", data=stalled(),
-                                    headers={"Content-Type": "application/json"})
-        await answer.read()  # the response keeps it for the test's own read
-    return answer
+def a_body_that_stops_coming(path: str, opening: bytes) -> Send:
+    """A body that sends `opening` to `path`, then stalls. Through the edge
+    (services/ingest/server.py), which keeps the body's deadline: the test client's server has
+    none."""
+    async def send(world: World) -> ClientResponse:
+        async def stalled() -> AsyncIterator[bytes]:
+            yield opening
+            await asyncio.sleep(60)  # the server answers long before
+            yield b"]"
+        settings = dataclasses.replace(world.settings, body_timeout_ms=300,
+                                       ingest_host="127.0.0.1", ingest_port=0)
+        async with serving(create_app(settings), settings) as site, \
+                ClientSession(headers=bearer()) as session:
+            answer = await session.post(f"http://127.0.0.1:{site.port}{path}", data=stalled(),
+                                        headers={"Content-Type": "application/json"})
+            await answer.read()  # the response keeps it for the test's own read
+        return answer
+    return send
 
 
 async def a_full_backlog(world: World) -> ClientResponse:
@@ -377,21 +380,6 @@ async def otlp_full_backlog(world: World) -> ClientResponse:
     return await otlp(otlp_logs(records=3, body="more"))(world)
 
 
-async def otlp_body_that_stops_coming(world: World) -> ClientResponse:
-    async def stalled() -> AsyncIterator[bytes]:
-        yield b"{"
-        await asyncio.sleep(60)  # the server answers long before
-        yield b"}"
-    settings = dataclasses.replace(world.settings, body_timeout_ms=300,
-                                   ingest_host="127.0.0.1", ingest_port=0)
-    async with serving(create_app(settings), settings) as site, \
-            ClientSession(headers=bearer()) as session:
-        answer = await session.post(f"http://127.0.0.1:{site.port}/v1/logs", data=stalled(),
-                                    headers={"Content-Type": "application/json"})
-        await answer.read()
-    return answer
-
-
 SCENARIOS = [
     # POST /publish
     Scenario("publish one event", "POST", "/publish", 202, publish(event())),
@@ -439,7 +427,7 @@ SCENARIOS = [
              variant=limits(max_topics=2), error="too_many_topics",
              check=lambda body: problems(body) == [(1, "/topic")]),
     Scenario("publish a body that stops coming", "POST", "/publish", 408,
-             a_body_that_stops_coming, error="request_timeout"),
+             a_body_that_stops_coming("/publish", b"["), error="request_timeout"),
     Scenario("publish while redis is down", "POST", "/publish", 503, publish(event()),
              variant=redis_down, error="broker_unavailable", retry_after="1"),
     Scenario("publish over the backlog limit", "POST", "/publish", 503, a_full_backlog,
@@ -484,7 +472,7 @@ SCENARIOS = [
              otlp(otlp_logs("checkout", "billing"), key=a_key(topics=["checkout"])),
              check=status("forbidden")),
     Scenario("otlp logs whose body stops coming", "POST", "/v1/logs", 408,
-             otlp_body_that_stops_coming, check=status("request_timeout")),
+             a_body_that_stops_coming("/v1/logs", b"{"), check=status("request_timeout")),
     Scenario("otlp logs too many records", "POST", "/v1/logs", 413,
              otlp(otlp_logs(records=4)), variant=limits(max_batch_events=3),
              check=status("too_many_events")),
