@@ -22,7 +22,16 @@ GROUP_LOST = "group_lost"
 # Nothing pending, yet received != unique_processed + duplicate_dropped + dead_lettered.
 BALANCE_DRIFT = "balance_drift"
 
-KINDS = (BROKER_HISTORY_LOST, GROUP_LOST, BALANCE_DRIFT)
+# An entry received before the forgotten horizon was stored as new: a key its duplicate might
+# have matched was forgotten already (a backlog older than the dedup window, or the stream's
+# clock gone back). It may be a duplicate counted as unique.
+DEDUP_WINDOW_MISSED = "dedup_window_missed"
+# An event was stored with another expiry than its retention asks: no partition of `events`
+# was made for it in time (housekeeping makes them ahead, at every consumer's start too).
+RETENTION_MISPLACED = "retention_misplaced"
+
+KINDS = (BROKER_HISTORY_LOST, GROUP_LOST, BALANCE_DRIFT, DEDUP_WINDOW_MISSED,
+         RETENTION_MISPLACED)
 
 
 async def raise_alarm(store: Store, kind: str, message: str) -> None:

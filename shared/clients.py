@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from shared.retention import Retention
 from shared.settings import Settings
 from shared.store import Store
 from shared.store_errors import translated
@@ -103,7 +104,7 @@ async def opened(settings: Settings, role: Role, name: str | None = None
                 await pool.open(wait=role.wait_for_store)
             yield Clients(
                 Stream(redis, key=settings.stream_key, group=settings.consumer_group),
-                Store(pool, settings.stream_key))
+                Store(pool, settings.stream_key, Retention.of(settings)))
         finally:
             await pool.close()
     finally:

@@ -7,6 +7,7 @@ code base reads `os.environ` for configuration: processes build one `Settings` a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from shared.exceptions import ConfigurationError
 
 MAX_EVENT_BYTES_LIMIT = 1024 * 1024  # SPEC §1
 MAX_BATCH_BYTES_LIMIT = 512 * 1024 * 1024  # half of PostgreSQL's largest message (1 GiB)
+MAX_DAYS = 36_500  # retention and dedup window: a century at most
 
 
 def _default_consumer_name() -> str:
@@ -77,6 +79,37 @@ class Settings:
     # POST /v1/logs (services/ingest/otlp.py): the resource attribute whose value is the topic
     # of each log record; `service.name` by default, as Loki's labels do.
     otlp_topic_attribute: str = "service.name"
+    # Retention (SPEC §1, §4; shared/retention.py). Stored events older than RETENTION_DAYS by
+    # received time are removed, a whole partition at a time (0: kept forever); a topic named
+    # in RETENTION_TOPIC_DAYS, a JSON object such as {"audit": 365, "debug": 1}, keeps its own
+    # (0: forever). Fractions of days are allowed.
+    retention_days: float = 0.0
+    retention_topic_days: str = ""
+    # How long a key is remembered for deduplication after its first copy was accepted: a week
+    # covers retries, shipper disk buffers replayed after a crash, and a source down over a
+    # weekend, at about 120 bytes of PostgreSQL per distinct event of the week.
+    dedup_window_days: float = 7.0
+    # The width of each partition of `events`: retention removes an event at most this long
+    # after it expired.
+    partition_seconds: int = 86_400
+
+    @property
+    def retention_by_topic(self) -> dict[str, float]:
+        """RETENTION_TOPIC_DAYS, parsed: days to keep each named topic's events (0: forever)."""
+        if not self.retention_topic_days.strip():
+            return {}
+        try:
+            parsed = json.loads(self.retention_topic_days)
+        except ValueError as error:
+            raise ConfigurationError(f"RETENTION_TOPIC_DAYS must be a JSON object of topic: "
+                                     f"days, got {self.retention_topic_days!r}: {error}") from None
+        if not isinstance(parsed, dict) or not all(
+                isinstance(days, int | float) and not isinstance(days, bool)
+                and 0 <= days <= MAX_DAYS for days in parsed.values()):
+            raise ConfigurationError(f"RETENTION_TOPIC_DAYS must be a JSON object of topic: "
+                                     f"days (0 to {MAX_DAYS}), got "
+                                     f"{self.retention_topic_days!r}")
+        return {str(topic): float(days) for topic, days in parsed.items()}
 
     @property
     def read_count(self) -> int:
@@ -150,6 +183,17 @@ class Settings:
                 f"BATCH_BYTES must be at most {MAX_BATCH_BYTES_LIMIT} (512 MiB), got "
                 f"{self.batch_bytes}: a batch is settled by one statement, and PostgreSQL "
                 f"refuses a message of 1 GiB or more")
+        for name in ("retention_days", "dedup_window_days"):
+            if not 0 <= getattr(self, name) <= MAX_DAYS:
+                raise ConfigurationError(f"{name.upper()} must be 0 to {MAX_DAYS} days, got "
+                                         f"{getattr(self, name)}")
+        if self.dedup_window_days == 0:
+            raise ConfigurationError("DEDUP_WINDOW_DAYS must be above 0: a key must be "
+                                     "remembered for a while for duplicates to be caught")
+        if self.partition_seconds <= 0:
+            raise ConfigurationError(f"PARTITION_SECONDS must be positive, got "
+                                     f"{self.partition_seconds}")
+        _ = self.retention_by_topic  # parses, or raises ConfigurationError naming the variable
         if not self.otlp_topic_attribute:
             raise ConfigurationError("OTLP_TOPIC_ATTRIBUTE must name a resource attribute")
         if self.auth not in {"on", "off"}:
@@ -167,6 +211,11 @@ class Settings:
 
 
 def _parse(name: str, raw: str, default: object) -> object:
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name.upper()} must be a number, got {raw!r}") from None
     if isinstance(default, int):
         try:
             return int(raw)

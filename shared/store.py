@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.entries import Entry, StreamId, Unreadable
 from shared.keys import PUBLIC_CHARS, ApiKey, digest
+from shared.retention import KEPT, Retention
 from shared.sql import queries
 from shared.store_errors import translated
 
@@ -43,10 +44,17 @@ class Settled:
     revived: Counter[str] = field(default_factory=Counter)
     # The settled floor as the transaction found it (it may have risen since, never fallen).
     floor: StreamId = ORIGIN
+    # Stored as new, though received before the forgotten horizon: their duplicates, if any,
+    # could not be recognised (alarm `dedup_window_missed`).
+    late: frozenset[StreamId] = frozenset()
+    # Stored to be removed sooner than their retention asks, or kept forever for want of any
+    # partition of `events` (alarm `retention_misplaced`).
+    misplaced: frozenset[StreamId] = frozenset()
 
     def __add__(self, other: Settled) -> Settled:
         return Settled(self.unique | other.unique, self.duplicate | other.duplicate,
-                       self.revived + other.revived, max(self.floor, other.floor))
+                       self.revived + other.revived, max(self.floor, other.floor),
+                       self.late | other.late, self.misplaced | other.misplaced)
 
     @property
     def unique_total(self) -> int:
@@ -96,6 +104,9 @@ FLOOR_LOCK = 0x6C6F6766  # "logf"
 # How long raising the floor may wait for settling transactions to let go of it: they take
 # milliseconds, so a longer wait means one of them is stuck, and everyone would queue behind.
 FLOOR_LOCK_TIMEOUT = "500ms"
+# Partitions of `events` change under (PARTITIONS_LOCK, 0), exclusive; every settling
+# transaction holds it shared, so it never routes an event to a partition being dropped.
+PARTITIONS_LOCK = 0x6C6F6770  # "logp"
 # One fold of the counters at a time per stream: (FOLD_LOCK, stream id), as for the floor.
 FOLD_LOCK = 0x6C6F6763  # "logc"
 # Counter shard rows one fold moves, in one transaction: about 40 ms of PostgreSQL's time.
@@ -115,6 +126,36 @@ def _columns(entries: Sequence[Entry]) -> dict[str, list[Any]]:
         "payloads": [e.payload.decode() for e in entries],
         "stream_ms": [e.id.ms for e in entries], "stream_seq": [e.id.seq for e in entries],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """A generation of a stream's dedup keys (sql/0008_retention.sql)."""
+
+    id: int
+    opened_ms: int | None  # None: made ahead, not taking keys yet
+    closed_ms: int | None  # None: current (or ahead)
+    current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Generations:
+    """A stream's generations, oldest first, and its forgotten horizon."""
+
+    all: tuple[Generation, ...]
+    forgotten_ms: int
+
+    @property
+    def current(self) -> Generation | None:
+        return next((g for g in self.all if g.current), None)
+
+    @property
+    def ahead(self) -> Generation | None:
+        return next((g for g in self.all if g.opened_ms is None), None)
+
+    @property
+    def older(self) -> list[Generation]:
+        return [g for g in self.all if g.closed_ms is not None]
 
 
 def _storable(text: str) -> str:
@@ -203,9 +244,11 @@ class Store:
     """The store of one stream's rows: every call reads and writes only what came from the
     stream named `stream` (SPEC §4: deployments sharing a database never meet)."""
 
-    def __init__(self, pool: AsyncConnectionPool, stream: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool, stream: str,
+                 retention: Retention | None = None) -> None:
         self.pool = pool
         self.stream = stream
+        self.retention = retention or Retention()
         self._sql = queries()
         self._stream_id: int | None = None
 
@@ -221,7 +264,10 @@ class Store:
                                                     {"name": self.stream})
                         row = await cursor.fetchone()
             assert row is not None
-            self._stream_id = int(row[0])
+            stream = int(row[0])
+            if (await self.generations(stream)).current is None:
+                await self.turn_generation(None, stream)  # a new stream's first generation
+            self._stream_id = stream
         return self._stream_id
 
     async def settle(self, entries: Sequence[Entry]) -> Settled:
@@ -236,8 +282,8 @@ class Store:
         async with self.pool.connection() as conn, conn.transaction(), \
                 conn.pipeline() as pipeline:
             # Sent with the first statement, in one round trip (see sql/queries.sql).
-            floor = await conn.execute(self._sql["share_floor"],
-                                       {"lock": FLOOR_LOCK, "stream": stream})
+            floor = await conn.execute(self._sql["share_floor"], {
+                "lock": FLOOR_LOCK, "stream": stream, "partitions_lock": PARTITIONS_LOCK})
             replays = [e for e in entries if e.replay_of is not None]
             if not replays:
                 return await self._store(conn, pipeline, stream, floor, entries, [])
@@ -272,11 +318,91 @@ class Store:
                 return cursor.rowcount
 
     async def _raise_floor(self, params: dict[str, Any]) -> bool:
+        return await self._exclusively("lock_floor", params, ["raise_floor"])
+
+    async def _exclusively(self, lock: str, params: dict[str, Any], statements: list[str]
+                           ) -> bool:
+        """Run `statements` in one transaction under the exclusive advisory lock `lock`
+        names; False, with nothing done, when it could not be had within
+        FLOOR_LOCK_TIMEOUT (settling transactions held it)."""
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                await conn.execute(self._sql["floor_lock_timeout"], params)
-                await conn.execute(self._sql["lock_floor"], params)
-                await conn.execute(self._sql["raise_floor"], params)
+                await conn.execute(self._sql["floor_lock_timeout"],
+                                   {"lock_timeout": FLOOR_LOCK_TIMEOUT})
+                await conn.execute(self._sql[lock], params)
+                for statement in statements:
+                    await conn.execute(self._sql[statement], params)
+        except psycopg.errors.LockNotAvailable:
+            return False
+        return True
+
+    async def generations(self, stream: int | None = None) -> Generations:
+        """This stream's generations of dedup keys, oldest first."""
+        if stream is None:
+            stream = await self.stream_id()
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql["generations"], {"stream": stream})
+                rows = await cursor.fetchall()
+        return Generations(tuple(Generation(*row[:4]) for row in rows),
+                           rows[0][4] if rows else 0)
+
+    async def turn_generation(self, now_ms: int | None, stream: int | None = None) -> bool:
+        """Open a new generation of dedup keys (made ahead first, outside the lock), the
+        current one becoming older; False when settling transactions held the floor lock."""
+        if stream is None:
+            stream = await self.stream_id()
+        ahead = (await self.generations(stream)).ahead
+        if ahead is None:
+            made = await self._one("new_generation", {"stream": stream})
+            assert made is not None
+            next_id = int(made[0])
+        else:
+            next_id = ahead.id
+        params = {"lock": FLOOR_LOCK, "stream": stream, "next": next_id, "now_ms": now_ms}
+        with translated():
+            return await self._exclusively("lock_floor", params, ["turn_generation"])
+
+    async def forget_generation(self, generation: int, forgotten_ms: int) -> bool:
+        """Stop remembering an older generation's keys and drop them (O(1): one partition);
+        False when settling transactions held the floor lock."""
+        params = {"lock": FLOOR_LOCK, "stream": await self.stream_id(),
+                  "generation": generation, "forgotten_ms": forgotten_ms}
+        with translated():
+            return await self._exclusively("lock_floor", params,
+                                           ["forget_generation", "drop_generation"])
+
+    async def event_partitions(self) -> list[tuple[int, int]]:
+        """The finite partitions of `events`, as (lower_ms, upper_ms), oldest first."""
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql["event_partitions"])
+                return [(int(lower), int(upper)) for lower, upper in await cursor.fetchall()]
+
+    async def change_event_partitions(self, add: Sequence[tuple[int, int]],
+                                      drop: Sequence[int]) -> bool:
+        """Add partitions (lower_ms, upper_ms) and drop those starting at `drop`, in one
+        transaction; False when settling transactions held the partitions lock."""
+        statements = ["add_event_partition"] * len(add) + ["drop_event_partition"] * len(drop)
+        if not statements:
+            return True
+        try:
+            with translated():
+                async with self.pool.connection() as conn, conn.transaction():
+                    await conn.execute(self._sql["floor_lock_timeout"],
+                                       {"lock_timeout": FLOOR_LOCK_TIMEOUT})
+                    await conn.execute(self._sql["lock_partitions"],
+                                       {"partitions_lock": PARTITIONS_LOCK})
+                    # The list read again under the lock: another consumer may have changed it.
+                    cursor = await conn.execute(self._sql["event_partitions"])
+                    existing = {int(lower) for lower, _ in await cursor.fetchall()}
+                    for lower, upper in add:
+                        if lower not in existing:
+                            await conn.execute(self._sql["add_event_partition"],
+                                               {"lower_ms": lower, "upper_ms": upper})
+                    for lower in drop:
+                        await conn.execute(self._sql["drop_event_partition"],
+                                           {"lower_ms": lower})
         except psycopg.errors.LockNotAvailable:
             return False
         return True
@@ -377,30 +503,57 @@ class Store:
     async def _store(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline, stream: int,
                      floor_cursor: psycopg.AsyncCursor[Any], entries: Sequence[Entry],
                      revived: list[str]) -> Settled:
+        expires = [self.retention.expires_ms(e.topic, e.id.ms) for e in entries]
         cursor = await conn.execute(self._sql["insert_unique"], {
-            "stream": stream, **_columns(entries)})
+            "stream": stream, **_columns(entries), "expires": expires})
         # A Sync before each wait for results: PostgreSQL arms the session's idle timeout only
         # after a Sync, so a consumer frozen here cannot hold its locks for longer than that.
         await pipeline.sync()
         inserted = await cursor.fetchall()
         floor_row = await floor_cursor.fetchone()
-        unique = frozenset(StreamId(ms, seq) for _, ms, seq in inserted)
+        unique = frozenset(StreamId(ms, seq) for _, ms, seq, _, _ in inserted)
+        late = frozenset(StreamId(ms, seq) for _, ms, seq, was_late, _ in inserted if was_late)
+        asked = {e.id: expiry for e, expiry in zip(entries, expires, strict=True)}
+        # Placed later than asked is only an event settled after it expired, kept until the
+        # oldest partition goes; placed earlier, or kept for want of any partition, is not.
+        misplaced = frozenset(StreamId(ms, seq) for _, ms, seq, _, placed in inserted
+                              if placed < asked[StreamId(ms, seq)]
+                              or (placed == KEPT and asked[StreamId(ms, seq)] != KEPT))
         # Only the entries that were not just stored can be duplicates (or redeliveries, or
         # the first accepted copy of a key stored under a later one).
         rest = [e for e in entries if e.id not in unique]
         cursor = await conn.execute(self._sql["count_batch"], {
             "stream": stream, **_columns(rest),
-            "unique_topics": [topic for topic, _, _ in inserted], "revived_topics": revived,
+            "unique_topics": [row[0] for row in inserted], "revived_topics": revived,
             "shard": _shard(),
         })
         await pipeline.sync()
-        duplicates = await cursor.fetchall()
+        decided = await cursor.fetchall()
+        moves = [(StreamId(ms, seq), StreamId(held_ms, held_seq))
+                 for kind, ms, seq, held_ms, held_seq in decided if kind == "moved"]
+        if moves:
+            await self._move_events(conn, pipeline, stream, rest, moves)
         return Settled(
             unique=unique,
-            duplicate=frozenset(StreamId(ms, seq) for ms, seq in duplicates),
+            duplicate=frozenset(StreamId(ms, seq) for kind, ms, seq, _, _ in decided
+                                if kind == "duplicate"),
             revived=Counter(revived),
             floor=StreamId(*floor_row) if floor_row else ORIGIN,
+            late=late,
+            misplaced=misplaced,
         )
+
+    async def _move_events(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline,
+                           stream: int, entries: Sequence[Entry],
+                           moves: list[tuple[StreamId, StreamId]]) -> None:
+        """The stored events of keys moved to an earlier copy take that copy's content."""
+        by_position = {e.id: e for e in entries}
+        copies = [by_position[to] for to, _ in moves]
+        await conn.execute(self._sql["move_events"], {
+            "stream": stream, **_columns(copies),
+            "held_ms": [held.ms for _, held in moves],
+            "held_seq": [held.seq for _, held in moves]})
+        await pipeline.sync()
 
     async def dead_letter(self, failures: Sequence[Failure]) -> int:
         """Give up on entries: write and count their dead letters, once. Returns how many new."""

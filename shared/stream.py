@@ -281,6 +281,11 @@ class Stream:
         with broker_errors():
             return int(await self.redis.get(received_key(self.key)) or 0)
 
+    async def clock_ms(self) -> int:
+        """The broker's clock (TIME), in milliseconds: the one that stamps positions."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def group_state(self) -> GroupState:
         """The group's state in one atomic look (MULTI: XINFO GROUPS + XPENDING summary)."""
         return (await self.tally()).group

@@ -16,12 +16,16 @@ SELECT id FROM made UNION ALL SELECT id FROM streams WHERE name = %(name)s;
 
 -- name: share_floor
 -- First in every settling transaction. The lock (one per stream) is shared with other settling
--- transactions and exclusive with raise_floor, so the floor that the statements after this one
--- read (each with a snapshot taken once the lock is held) cannot move before this transaction
--- commits. Also returns the floor, as this statement's snapshot saw it: never above the one
--- the statements after it use (the floor only rises).
+-- transactions and exclusive with raise_floor and with the turns of the dedup generations, so
+-- the floor and the generations that the statements after this one read (each with a snapshot
+-- taken once the lock is held) cannot change before this transaction commits. The second lock,
+-- shared by every stream, is exclusive with adding and dropping partitions of `events`. Also
+-- returns the floor, as this statement's snapshot saw it: never above the one the statements
+-- after it use (the floor only rises).
 SELECT s.floor_ms, s.floor_seq
-FROM pg_advisory_xact_lock_shared(%(lock)s::int4, %(stream)s::int4) AS lock, streams AS s
+FROM pg_advisory_xact_lock_shared(%(lock)s::int4, %(stream)s::int4) AS lock,
+     pg_advisory_xact_lock_shared(%(partitions_lock)s::int4, 0) AS partitions,
+     streams AS s
 WHERE s.id = %(stream)s;
 
 -- name: floor_lock_timeout
@@ -39,12 +43,69 @@ WHERE id = %(stream)s AND (floor_ms, floor_seq) < (%(ms)s, %(seq)s);
 DELETE FROM duplicate_entries
 WHERE stream = %(stream)s AND (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
 
+-- name: generations
+-- The stream's generations of dedup keys: current, older (live), or made ahead.
+SELECT g.id, g.opened_ms, g.closed_ms, g.id = s.generation AS current,
+       s.forgotten_ms
+FROM streams s JOIN key_generations g ON g.stream = s.id
+WHERE s.id = %(stream)s
+ORDER BY g.id;
+
+-- name: new_generation
+SELECT logagg_new_generation(%(stream)s::smallint);
+
+-- name: turn_generation
+-- Under the exclusive floor lock: `next` (made ahead) takes the stream's new keys from now on;
+-- the current one, if any, becomes an older generation, looked up but never inserted into.
+-- Without a clock given, the database's (a stream's first generation).
+WITH clock AS (
+    SELECT coalesce(%(now_ms)s::bigint,
+                    (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms
+), closed AS (
+    UPDATE key_generations SET closed_ms = (SELECT ms FROM clock)
+    WHERE id = (SELECT generation FROM streams WHERE id = %(stream)s)
+), opened AS (
+    UPDATE key_generations SET opened_ms = (SELECT ms FROM clock)
+    WHERE id = %(next)s AND stream = %(stream)s AND opened_ms IS NULL
+    RETURNING id
+)
+UPDATE streams
+SET older_generations = CASE WHEN generation IS NULL THEN older_generations
+                             ELSE older_generations || generation END,
+    generation = %(next)s
+WHERE id = %(stream)s AND EXISTS (SELECT 1 FROM opened)
+RETURNING generation;
+
+-- name: forget_generation
+-- Under the exclusive floor lock: the stream stops looking the generation up, and the
+-- forgotten horizon rises to where its keys' windows end (see services/consumer/retention.py).
+UPDATE streams
+SET older_generations = array_remove(older_generations, %(generation)s::integer),
+    forgotten_ms = greatest(forgotten_ms, %(forgotten_ms)s)
+WHERE id = %(stream)s AND %(generation)s::integer = ANY(older_generations);
+
+-- name: drop_generation
+SELECT logagg_drop_generation(%(generation)s::integer);
+
+-- name: event_partitions
+SELECT lower_ms, upper_ms FROM event_partitions ORDER BY lower_ms;
+
+-- name: lock_partitions
+SELECT pg_advisory_xact_lock(%(partitions_lock)s::int4, 0);
+
+-- name: add_event_partition
+SELECT logagg_add_event_partition(%(lower_ms)s, %(upper_ms)s);
+
+-- name: drop_event_partition
+SELECT logagg_drop_event_partition(%(lower_ms)s);
+
 -- name: tables_answer
 -- Reads one row of every table a settling transaction touches (none, when empty): fails if
 -- one is missing or unreadable. See services/consumer/retry.py `store_answers`.
 SELECT (SELECT 1 FROM events LIMIT 1), (SELECT 1 FROM duplicate_entries LIMIT 1),
        (SELECT 1 FROM topic_stats LIMIT 1), (SELECT 1 FROM dead_letters LIMIT 1),
-       (SELECT 1 FROM streams LIMIT 1);
+       (SELECT 1 FROM streams LIMIT 1), (SELECT 1 FROM dedup_keys LIMIT 1),
+       (SELECT 1 FROM event_partitions LIMIT 1);
 
 -- name: floor
 SELECT floor_ms, floor_seq FROM streams WHERE id = %(stream)s;
@@ -82,27 +143,65 @@ SELECT kind, message, since, last_seen FROM alarms WHERE stream = %(stream)s ORD
 DELETE FROM alarms WHERE stream = %(stream)s AND kind = %(kind)s;
 
 -- name: insert_unique
--- Store the first copy of every key of the batch that is not stored yet. Rows go in sorted by
--- key, so that two consumers inserting overlapping keys lock them in the same order and cannot
--- deadlock. A key that another transaction is inserting waits for it, then is skipped.
+-- Store the first copy of every key of the batch that is not known yet: its key goes into the
+-- stream's current generation of dedup_keys, its event into `events`. A key of an older live
+-- generation is known (no two live generations hold the same key: sql/0008_retention.sql).
+-- Keys go in sorted, so that two consumers inserting overlapping keys lock them in the same
+-- order and cannot deadlock; a key that another transaction is inserting waits for it, then
+-- is skipped.
 -- An entry given up on (a dead letter) is never stored by a late delivery of it: it is counted
--- already. Below the settled floor, too, a key not stored yet was never settled (a copy of a
--- stored key is what the floor's pruned ledger forgets), so it is stored like any other.
-INSERT INTO events (stream, topic, event_id, "timestamp", source, payload, stream_ms,
-                    stream_seq)
-SELECT DISTINCT ON (b.topic, b.event_id)
-       %(stream)b::smallint, b.topic, b.event_id, b.ts::timestamptz, b.source, b.payload::jsonb,
-       b.stream_ms, b.stream_seq
-FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(timestamps)b::text[],
-            %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
-            %(stream_seq)b::bigint[])
-     AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
-WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
-                  WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
-                    AND d.stream_seq = b.stream_seq)
-ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
-ON CONFLICT ON CONSTRAINT events_dedup_key DO NOTHING
-RETURNING topic, stream_ms, stream_seq;
+-- already. Below the settled floor, too, a key not known yet was never settled (a copy of a
+-- known key is what the floor's pruned ledger forgets), so it is stored like any other.
+-- Each event's expiry (given) is placed inside the partitions that exist: never below the
+-- oldest (an event settled after its expiry stays until that one is dropped), never past the
+-- newest (housekeeping makes them ahead; the caller reports one placed short). With no finite
+-- partition at all, it is kept. Returns each stored copy's topic, position, whether it was
+-- received before the forgotten horizon, and its expiry as placed.
+WITH batch AS (
+    SELECT *
+    FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(timestamps)b::text[],
+                %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
+                %(stream_seq)b::bigint[], %(expires)b::bigint[])
+         AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq, expires)
+), gate AS (
+    SELECT generation, older_generations, forgotten_ms FROM streams
+    WHERE id = %(stream)b::smallint
+), firsts AS (
+    SELECT DISTINCT ON (b.topic, b.event_id) b.*
+    FROM batch b
+    WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
+                      WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
+                        AND d.stream_seq = b.stream_seq)
+      AND NOT EXISTS (SELECT 1 FROM dedup_keys k
+                      WHERE k.topic = b.topic AND k.event_id = b.event_id
+                        AND k.generation = ANY((SELECT older_generations FROM gate)::integer[]))
+    ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
+), keys AS (
+    INSERT INTO dedup_keys (generation, topic, event_id, stream_ms, stream_seq)
+    SELECT (SELECT generation FROM gate), topic, event_id, stream_ms, stream_seq
+    FROM firsts
+    ORDER BY topic, event_id
+    ON CONFLICT (topic, event_id, generation) DO NOTHING
+    RETURNING topic, event_id
+), bounds AS (
+    SELECT min(lower_ms) AS lower_ms, max(upper_ms) AS upper_ms FROM event_partitions
+), stored AS (
+    INSERT INTO events (stream, topic, event_id, "timestamp", source, payload, stream_ms,
+                        stream_seq, expires_ms)
+    SELECT %(stream)b::smallint, f.topic, f.event_id, f.ts::timestamptz, f.source,
+           f.payload::jsonb, f.stream_ms, f.stream_seq,
+           CASE WHEN f.expires >= 4611686018427387904 OR p.lower_ms IS NULL
+                    THEN 4611686018427387904
+                ELSE least(greatest(f.expires, p.lower_ms), p.upper_ms - 1) END
+    FROM keys k
+    JOIN firsts f ON f.topic = k.topic AND f.event_id = k.event_id
+    CROSS JOIN bounds p
+    ORDER BY f.stream_ms, f.stream_seq
+    RETURNING topic, stream_ms, stream_seq, expires_ms
+)
+SELECT topic, stream_ms, stream_seq, stream_ms < (SELECT forgotten_ms FROM gate) AS late,
+       expires_ms
+FROM stored;
 
 -- name: count_batch
 -- Runs after insert_unique, in the same transaction but with a fresh snapshot, so it sees every
@@ -126,14 +225,21 @@ RETURNING topic, stream_ms, stream_seq;
 -- keys in `held`: another transaction may move such a row below the batch's first copy after
 -- this snapshot was taken, and judged by the snapshot's higher position, the batch's entries
 -- between the two were counted by no one.
+-- Keys are looked up in the stream's live generations of dedup_keys, where a key is at most
+-- once (sql/0008_retention.sql); a move changes the key's row there, and returns what the
+-- caller's next statement (move_events) does to the stored event.
 -- The counters move in the same transaction as the rows they count. Returns the ledger rows
--- written: this batch's duplicates, and the copies its entries displaced.
+-- written (`duplicate`: this batch's duplicates, and the copies its entries displaced), and
+-- the moves (`moved`: the new position, and the one the stored copy held).
 WITH batch AS (
     SELECT *
     FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(timestamps)b::text[],
                 %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
                 %(stream_seq)b::bigint[])
          AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
+), live AS (
+    SELECT generation || older_generations AS generations FROM streams
+    WHERE id = %(stream)b::smallint
 ), first_copies AS (
     -- Each key's first copy among the entries not given up on, as insert_unique picks it: a
     -- late delivery of a dead letter before a live copy must not hide the live one.
@@ -148,41 +254,44 @@ WITH batch AS (
     -- copy: the only ones it may move.
     SELECT b.topic, b.event_id
     FROM first_copies b
-    JOIN events e
-      ON e.stream = %(stream)b::smallint AND e.topic = b.topic AND e.event_id = b.event_id
-    WHERE (e.stream_ms, e.stream_seq) > (b.stream_ms, b.stream_seq)
+    JOIN dedup_keys k
+      ON k.topic = b.topic AND k.event_id = b.event_id
+     AND k.generation = ANY((SELECT generations FROM live)::integer[])
+    WHERE (k.stream_ms, k.stream_seq) > (b.stream_ms, b.stream_seq)
 ), held AS (
     -- Their rows locked, in key order, and read at their latest version: one moved meanwhile
     -- by another transaction is read again once that commits. Matched by key only, so that
     -- such a row is returned wherever it moved (a position condition here would be checked
     -- again on the new version, and drop the row: that is how the snapshot's position slipped
     -- into the counting).
-    SELECT e.topic, e.event_id, e.stream_ms, e.stream_seq
+    SELECT k.topic, k.event_id, k.stream_ms, k.stream_seq
     FROM stale s
-    JOIN events e
-      ON e.stream = %(stream)b::smallint AND e.topic = s.topic AND e.event_id = s.event_id
-    ORDER BY e.topic, e.event_id
-    FOR UPDATE OF e
+    JOIN dedup_keys k
+      ON k.topic = s.topic AND k.event_id = s.event_id
+     AND k.generation = ANY((SELECT generations FROM live)::integer[])
+    ORDER BY k.topic, k.event_id
+    FOR UPDATE OF k
 ), later AS (
     SELECT h.stream_ms AS held_ms, h.stream_seq AS held_seq, b.*
     FROM first_copies b
     JOIN held h ON h.topic = b.topic AND h.event_id = b.event_id
     WHERE (h.stream_ms, h.stream_seq) > (b.stream_ms, b.stream_seq)
 ), moved AS (
-    UPDATE events AS e
-    SET "timestamp" = l.ts::timestamptz, source = l.source, payload = l.payload::jsonb,
-        stream_ms = l.stream_ms, stream_seq = l.stream_seq
+    UPDATE dedup_keys AS k
+    SET stream_ms = l.stream_ms, stream_seq = l.stream_seq
     FROM later l
     -- By key, not by the row's ctid: when `held` waited for a concurrent move, the ctid it
     -- read can be the version that move replaced, which this update would then skip.
-    WHERE e.stream = %(stream)b::smallint AND e.topic = l.topic AND e.event_id = l.event_id
-      AND (e.stream_ms, e.stream_seq) > (l.stream_ms, l.stream_seq)
-    RETURNING l.topic, l.event_id, l.stream_ms, l.stream_seq
+    WHERE k.topic = l.topic AND k.event_id = l.event_id
+      AND k.generation = ANY((SELECT generations FROM live)::integer[])
+      AND (k.stream_ms, k.stream_seq) > (l.stream_ms, l.stream_seq)
+    RETURNING l.topic, l.event_id, l.stream_ms, l.stream_seq, l.held_ms, l.held_seq
 ), counted_as_duplicates AS (
     SELECT b.stream_ms, b.stream_seq, b.topic, b.event_id
     FROM batch b
-    JOIN events e
-      ON e.stream = %(stream)b::smallint AND e.topic = b.topic AND e.event_id = b.event_id
+    JOIN dedup_keys e
+      ON e.topic = b.topic AND e.event_id = b.event_id
+     AND e.generation = ANY((SELECT generations FROM live)::integer[])
     -- The stored copy as this statement leaves it: moved to this batch's first copy, else the
     -- latest version where the row is locked, else the snapshot's (see above).
     LEFT JOIN held h ON h.topic = b.topic AND h.event_id = b.event_id
@@ -229,7 +338,27 @@ WITH batch AS (
         duplicate_dropped = s.duplicate_dropped + excluded.duplicate_dropped,
         dead_lettered = s.dead_lettered + excluded.dead_lettered
 )
-SELECT stream_ms, stream_seq FROM duplicates;
+SELECT 'duplicate' AS kind, stream_ms, stream_seq, NULL::bigint AS held_ms,
+       NULL::bigint AS held_seq
+FROM duplicates
+UNION ALL
+SELECT 'moved', stream_ms, stream_seq, held_ms, held_seq FROM moved;
+
+-- name: move_events
+-- The stored events of keys that count_batch moved to an earlier copy, in the same
+-- transaction, as a statement of its own: count_batch holds the keys' rows locked, so every
+-- earlier move of them committed, and this statement's fresh snapshot sees the event where
+-- the last one left it (count_batch's snapshot may be older). The event stays in its
+-- partition: its expiry is that of the copy stored first, a moment later at most.
+UPDATE events AS e
+SET "timestamp" = m.ts::timestamptz, source = m.source, payload = m.payload::jsonb,
+    stream_ms = m.stream_ms, stream_seq = m.stream_seq
+FROM unnest(%(held_ms)b::bigint[], %(held_seq)b::bigint[], %(stream_ms)b::bigint[],
+            %(stream_seq)b::bigint[], %(timestamps)b::text[], %(sources)b::text[],
+            %(payloads)b::text[])
+     AS m(held_ms, held_seq, stream_ms, stream_seq, ts, source, payload)
+WHERE e.stream = %(stream)b::smallint AND e.stream_ms = m.held_ms
+  AND e.stream_seq = m.held_seq;
 
 -- name: revive_dead_letters
 -- Entries that replay a dead letter take it back from the dead, once: a second replay of the

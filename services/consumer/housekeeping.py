@@ -16,6 +16,7 @@ import logging
 import time
 
 from services.consumer import invariants
+from services.consumer.retention import Keeper
 from shared.metrics import record_group_state
 from shared.settings import Settings
 from shared.store import FOLD_ROWS, Store
@@ -36,6 +37,7 @@ class Housekeeping:
         self.stream = stream
         self.store = store
         self.gone_ms = settings.consumer_gone_ms
+        self.keeper = Keeper(store, store.retention)
         self.interval_s = interval_s
         self._next = time.monotonic() + interval_s
 
@@ -44,6 +46,8 @@ class Housekeeping:
 
     async def run(self) -> None:
         self._next = time.monotonic() + self.interval_s
+        # The clock before the group's state: an entry added after that look is stamped later.
+        now_ms = await self.stream.clock_ms()
         state = await self.stream.group_state()
         record_group_state(state)
         trimmed = 0
@@ -60,12 +64,21 @@ class Housekeeping:
                 trimmed = await self.stream.trim_below(state.settled_below)
         removed = await self.stream.remove_gone_consumers(self.gone_ms)
         folded = await self.fold_counters()
+        kept = await self.keeper.run(now_ms, state, await self.store.floor())
         await invariants.check_broker_history(self.stream, self.store)
         await invariants.check_balance(self.stream, self.store)
-        if trimmed or pruned or removed or folded:
+        if trimmed or pruned or removed or folded or kept:
             logger.info("housekeeping", extra={
                 "action": "housekeeping", "trimmed": trimmed, "ledger_pruned": pruned,
-                "consumers_removed": len(removed), "counters_folded": folded})
+                "consumers_removed": len(removed), "counters_folded": folded,
+                "generation_turned": kept.turned, "generations_forgotten": kept.forgotten,
+                "partitions_added": kept.partitions_added,
+                "partitions_dropped": kept.partitions_dropped})
+
+    async def make_partitions(self) -> None:
+        """At a consumer's start, before it settles anything: the partitions of `events` its
+        retention needs, so that no event is placed short (alarm `retention_misplaced`)."""
+        await self.keeper.partitions(await self.stream.clock_ms())
 
     async def fold_counters(self) -> int:
         """Fold counter shard rows, FOLD_PARTS parts at most; return how many rows. Another

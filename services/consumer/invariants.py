@@ -31,9 +31,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shared import snapshot
-from shared.alarms import BALANCE_DRIFT, BROKER_HISTORY_LOST, GROUP_LOST, raise_alarm
+from shared.alarms import (
+    BALANCE_DRIFT,
+    BROKER_HISTORY_LOST,
+    DEDUP_WINDOW_MISSED,
+    GROUP_LOST,
+    RETENTION_MISPLACED,
+    raise_alarm,
+)
 from shared.entries import Entry, StreamId
-from shared.store import ORIGIN, Store
+from shared.store import ORIGIN, Settled, Store
 from shared.stream import Stream
 
 # How a broker goes back in its history (the README's failure table, row 18).
@@ -120,3 +127,21 @@ async def check_balance(stream: Stream, store: Store) -> None:
             f"nothing is pending on stream {stream.key!r}, yet received {look.received} != "
             f"unique_processed + duplicate_dropped + dead_lettered = {look.settled} "
             f"(off by {look.received - look.settled:+d})"))
+
+
+async def check_settled(store: Store, settled: Settled) -> None:
+    """What a settling transaction itself saw it could not keep (shared/store.py `Settled`)."""
+    if settled.late:
+        first = min(settled.late)
+        await raise_alarm(store, DEDUP_WINDOW_MISSED, (
+            f"{len(settled.late)} entries received before the forgotten horizon were stored "
+            f"as new (the first at {first}, received {first.received_at:%Y-%m-%dT%H:%M:%SZ}): "
+            f"keys their duplicates would match may have been forgotten already, after "
+            f"DEDUP_WINDOW_DAYS; they may be duplicates counted as unique. Causes: a backlog "
+            f"settled later than the dedup window, or the broker's clock gone back"))
+    if settled.misplaced:
+        await raise_alarm(store, RETENTION_MISPLACED, (
+            f"{len(settled.misplaced)} events were stored with another expiry than their "
+            f"retention asks (the first at {min(settled.misplaced)}): no partition of events "
+            f"was made for it; housekeeping makes them ahead, so look for a consumer whose "
+            f"housekeeping has not run, or retention settings that differ between consumers"))

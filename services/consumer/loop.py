@@ -62,6 +62,7 @@ class Consumer:
         """Consume until `stop` is set; the batch in hand is settled and acked before returning."""
         try:
             await self._until_done(self.recreate_group, stop)
+            await self._until_done(self.housekeeping.make_partitions, stop)
             await self._until_done(lambda: invariants.check_broker_history(
                 self.stream, self.store), stop)
             await self.resume_own(stop)
@@ -128,6 +129,8 @@ class Consumer:
                 time.monotonic() - read_at) * 1000 < self.settings.claim_idle_ms:
             await self._until_done(lambda: invariants.check_first_deliveries(
                 self.store, self.stream, outcome.settled_entries, outcome.settled.floor), stop)
+        await self._until_done(lambda: invariants.check_settled(self.store, outcome.settled),
+                               stop)
         failures = [*outcome.failures, *(Failure.of_unreadable(u) for u in unreadable)]
         given_up = await self._until_done(
             lambda: dead_letters.give_up_exhausted(self.stream, self.store, self.name,

@@ -28,7 +28,7 @@ def test_migrators_running_at_once_apply_each_migration_exactly_once(
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
         assert [r[0] for r in rows] == versions
         constraint = conn.execute(
-            "SELECT contype FROM pg_constraint WHERE conname = 'events_dedup_key'").fetchone()
+            "SELECT contype FROM pg_constraint WHERE conname = 'dedup_keys_pkey'").fetchone()
         assert constraint == ("p",)
 
 
