@@ -135,7 +135,8 @@ class Generation:
     id: int
     opened_ms: int | None  # None: made ahead, not taking keys yet
     closed_ms: int | None  # None: current (or ahead)
-    current: bool
+    current: bool  # taking the stream's new keys
+    older: bool  # closed, its keys still looked up
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +152,11 @@ class Generations:
 
     @property
     def ahead(self) -> Generation | None:
-        return next((g for g in self.all if g.opened_ms is None), None)
+        return next((g for g in self.all if g.opened_ms is None and not g.current), None)
 
     @property
     def older(self) -> list[Generation]:
-        return [g for g in self.all if g.closed_ms is not None]
+        return [g for g in self.all if g.older]
 
 
 def _storable(text: str) -> str:
@@ -344,8 +345,8 @@ class Store:
             async with self.pool.connection() as conn:
                 cursor = await conn.execute(self._sql["generations"], {"stream": stream})
                 rows = await cursor.fetchall()
-        return Generations(tuple(Generation(*row[:4]) for row in rows),
-                           rows[0][4] if rows else 0)
+        return Generations(tuple(Generation(*row[:5]) for row in rows),
+                           rows[0][5] if rows else 0)
 
     async def turn_generation(self, now_ms: int | None, stream: int | None = None) -> bool:
         """Open a new generation of dedup keys (made ahead first, outside the lock), the
@@ -369,8 +370,7 @@ class Store:
         params = {"lock": FLOOR_LOCK, "stream": await self.stream_id(),
                   "generation": generation, "forgotten_ms": forgotten_ms}
         with translated():
-            return await self._exclusively("lock_floor", params,
-                                           ["forget_generation", "drop_generation"])
+            return await self._exclusively("lock_floor", params, ["forget_generation"])
 
     async def event_partitions(self) -> list[tuple[int, int]]:
         """The finite partitions of `events`, as (lower_ms, upper_ms), oldest first."""

@@ -46,7 +46,7 @@ WHERE stream = %(stream)s AND (stream_ms, stream_seq) < (%(ms)s, %(seq)s);
 -- name: generations
 -- The stream's generations of dedup keys: current, older (live), or made ahead.
 SELECT g.id, g.opened_ms, g.closed_ms, g.id = s.generation AS current,
-       s.forgotten_ms
+       g.id = ANY(s.older_generations) AS older, s.forgotten_ms
 FROM streams s JOIN key_generations g ON g.stream = s.id
 WHERE s.id = %(stream)s
 ORDER BY g.id;
@@ -61,13 +61,19 @@ SELECT logagg_new_generation(%(stream)s::smallint);
 WITH clock AS (
     SELECT coalesce(%(now_ms)s::bigint,
                     (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms
-), closed AS (
-    UPDATE key_generations SET closed_ms = (SELECT ms FROM clock)
-    WHERE id = (SELECT generation FROM streams WHERE id = %(stream)s)
 ), opened AS (
     UPDATE key_generations SET opened_ms = (SELECT ms FROM clock)
     WHERE id = %(next)s AND stream = %(stream)s AND opened_ms IS NULL
     RETURNING id
+), closed AS (
+    -- Closed no earlier than its newest key's position (read under the lock: every insert
+    -- into it committed), should positions run ahead of the clock given (one gone back).
+    UPDATE key_generations
+    SET closed_ms = greatest((SELECT ms FROM clock),
+                             (SELECT stream_ms FROM events WHERE stream = %(stream)s
+                              ORDER BY stream_ms DESC, stream_seq DESC LIMIT 1))
+    WHERE id = (SELECT generation FROM streams WHERE id = %(stream)s)
+      AND EXISTS (SELECT 1 FROM opened)
 )
 UPDATE streams
 SET older_generations = CASE WHEN generation IS NULL THEN older_generations
@@ -79,13 +85,15 @@ RETURNING generation;
 -- name: forget_generation
 -- Under the exclusive floor lock: the stream stops looking the generation up, and the
 -- forgotten horizon rises to where its keys' windows end (see services/consumer/retention.py).
-UPDATE streams
-SET older_generations = array_remove(older_generations, %(generation)s::integer),
-    forgotten_ms = greatest(forgotten_ms, %(forgotten_ms)s)
-WHERE id = %(stream)s AND %(generation)s::integer = ANY(older_generations);
-
--- name: drop_generation
-SELECT logagg_drop_generation(%(generation)s::integer);
+-- Its partition is dropped only if it was an older generation of this stream.
+WITH forgotten AS (
+    UPDATE streams
+    SET older_generations = array_remove(older_generations, %(generation)s::integer),
+        forgotten_ms = greatest(forgotten_ms, %(forgotten_ms)s)
+    WHERE id = %(stream)s AND %(generation)s::integer = ANY(older_generations)
+    RETURNING id
+)
+SELECT logagg_drop_generation(%(generation)s::integer) FROM forgotten;
 
 -- name: event_partitions
 SELECT lower_ms, upper_ms FROM event_partitions ORDER BY lower_ms;
@@ -151,7 +159,10 @@ DELETE FROM alarms WHERE stream = %(stream)s AND kind = %(kind)s;
 -- is skipped.
 -- An entry given up on (a dead letter) is never stored by a late delivery of it: it is counted
 -- already. Below the settled floor, too, a key not known yet was never settled (a copy of a
--- known key is what the floor's pruned ledger forgets), so it is stored like any other.
+-- known key is what the floor's pruned ledger forgets), so it is stored like any other; unless
+-- the entry was also received before the forgotten horizon: then its key may be forgotten, and
+-- the entry, below the floor, was settled (a consumer held up past the window, coming back
+-- with a batch settled long ago): it changes nothing.
 -- Each event's expiry (given) is placed inside the partitions that exist: never below the
 -- oldest (an event settled after its expiry stays until that one is dropped), never past the
 -- newest (housekeeping makes them ahead; the caller reports one placed short). With no finite
@@ -164,17 +175,24 @@ WITH batch AS (
                 %(stream_seq)b::bigint[], %(expires)b::bigint[])
          AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq, expires)
 ), gate AS (
-    SELECT generation, older_generations, forgotten_ms FROM streams
+    SELECT generation, older_generations, forgotten_ms, floor_ms, floor_seq FROM streams
     WHERE id = %(stream)b::smallint
 ), firsts AS (
     SELECT DISTINCT ON (b.topic, b.event_id) b.*
     FROM batch b
-    WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
+    WHERE NOT (b.stream_ms < (SELECT forgotten_ms FROM gate)
+               AND (b.stream_ms, b.stream_seq) < (SELECT floor_ms, floor_seq FROM gate))
+      AND NOT EXISTS (SELECT 1 FROM dead_letters d
                       WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                         AND d.stream_seq = b.stream_seq)
       AND NOT EXISTS (SELECT 1 FROM dedup_keys k
                       WHERE k.topic = b.topic AND k.event_id = b.event_id
                         AND k.generation = ANY((SELECT older_generations FROM gate)::integer[]))
+      -- Counted as a duplicate already: its key was forgotten since, but this entry is a
+      -- redelivery, which changes nothing (the ledger holds every position above the floor).
+      AND NOT EXISTS (SELECT 1 FROM duplicate_entries l
+                      WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
+                        AND l.stream_seq = b.stream_seq)
     ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
 ), keys AS (
     INSERT INTO dedup_keys (generation, topic, event_id, stream_ms, stream_seq)
@@ -238,16 +256,26 @@ WITH batch AS (
                 %(stream_seq)b::bigint[])
          AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
 ), live AS (
-    SELECT generation || older_generations AS generations FROM streams
+    SELECT generation || older_generations AS generations, forgotten_ms, floor_ms, floor_seq
+    FROM streams
     WHERE id = %(stream)b::smallint
 ), first_copies AS (
     -- Each key's first copy among the entries not given up on, as insert_unique picks it: a
-    -- late delivery of a dead letter before a live copy must not hide the live one.
+    -- late delivery of a dead letter before a live copy must not hide the live one, nor may an
+    -- entry settled before its key was forgotten (insert_unique) move the key's new copy.
     SELECT DISTINCT ON (topic, event_id) *
     FROM batch b
     WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
                       WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                         AND d.stream_seq = b.stream_seq)
+      AND NOT (b.stream_ms < (SELECT forgotten_ms FROM live)
+               AND (b.stream_ms, b.stream_seq) < (SELECT floor_ms, floor_seq FROM live))
+      -- Nor an entry counted as a duplicate before: of a key forgotten since, and stored
+      -- again from a later copy, which it must not displace (without a window it could not
+      -- be earlier than its key's stored copy anyway: positions only fall).
+      AND NOT EXISTS (SELECT 1 FROM duplicate_entries l
+                      WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
+                        AND l.stream_seq = b.stream_seq)
     ORDER BY topic, event_id, stream_ms, stream_seq
 ), stale AS (
     -- The keys stored, as the snapshot saw them, under a later position than the batch's first

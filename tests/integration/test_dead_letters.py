@@ -128,10 +128,9 @@ async def test_an_entry_that_fails_alone_while_the_store_answers_is_dead_lettere
     # while the store answers and every other entry settles. The whole batch used to be
     # retried, with backoff, for as long as the lock was held.
     with psycopg.connect(database_url) as holder:
-        holder.execute("INSERT INTO events (stream, topic, event_id, \"timestamp\", source, "
-                       "payload, stream_ms, stream_seq) "
-                       "VALUES (%s, 'auth', 'held', now(), 'operator', '{}', 1, 0)",
-                       [await store.stream_id()])
+        holder.execute("INSERT INTO dedup_keys (generation, topic, event_id, stream_ms, "
+                       "stream_seq) SELECT generation, 'auth', 'held', 1, 0 FROM streams "
+                       "WHERE id = %s", [await store.stream_id()])
         await publish(stream, [event(f"e{i}") for i in range(10)] + [event("held")]
                       + [event(f"f{i}") for i in range(10)])
         worker = await run_until_drained(settings, stream, store, max_deliveries=3,
