@@ -29,6 +29,7 @@ class Retention:
     topic_ms: dict[str, int] = field(default_factory=dict)
     window_ms: int = 7 * DAY_MS
     partition_ms: int = DAY_MS
+    dead_letter_ms: int = 0  # 0: dead letters are kept
 
     @classmethod
     def of(cls, settings: Settings) -> Retention:
@@ -37,7 +38,8 @@ class Retention:
             topic_ms={topic: round(days * DAY_MS)
                       for topic, days in settings.retention_by_topic.items()},
             window_ms=max(1, round(settings.dedup_window_days * DAY_MS)),
-            partition_ms=settings.partition_seconds * 1000)
+            partition_ms=settings.partition_seconds * 1000,
+            dead_letter_ms=round(settings.dead_letter_days * DAY_MS))
 
     def expires_ms(self, topic: str, received_ms: int) -> int:
         """When an event of `topic` received at `received_ms` may be removed; KEPT: never."""

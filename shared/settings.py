@@ -92,6 +92,9 @@ class Settings:
     # The width of each partition of `events`: retention removes an event at most this long
     # after it expired.
     partition_seconds: int = 86_400
+    # Dead letters go this many days after their event was received (0: kept): a month for an
+    # operator to look and replay.
+    dead_letter_days: float = 30.0
 
     @property
     def retention_by_topic(self) -> dict[str, float]:
@@ -183,7 +186,7 @@ class Settings:
                 f"BATCH_BYTES must be at most {MAX_BATCH_BYTES_LIMIT} (512 MiB), got "
                 f"{self.batch_bytes}: a batch is settled by one statement, and PostgreSQL "
                 f"refuses a message of 1 GiB or more")
-        for name in ("retention_days", "dedup_window_days"):
+        for name in ("retention_days", "dedup_window_days", "dead_letter_days"):
             if not 0 <= getattr(self, name) <= MAX_DAYS:
                 raise ConfigurationError(f"{name.upper()} must be 0 to {MAX_DAYS} days, got "
                                          f"{getattr(self, name)}")

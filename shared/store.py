@@ -372,6 +372,15 @@ class Store:
         with translated():
             return await self._exclusively("lock_floor", params, ["forget_generation"])
 
+    async def expire_dead_letters(self, before_ms: int, rows: int = FOLD_ROWS) -> int:
+        """Remove up to `rows` dead letters of events received before `before_ms` (and below
+        the floor and the forgotten horizon); return how many."""
+        params = {"stream": await self.stream_id(), "before_ms": before_ms, "rows": rows}
+        with translated():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(self._sql["expire_dead_letters"], params)
+                return cursor.rowcount
+
     async def event_partitions(self) -> list[tuple[int, int]]:
         """The finite partitions of `events`, as (lower_ms, upper_ms), oldest first."""
         with translated():

@@ -95,6 +95,20 @@ WITH forgotten AS (
 )
 SELECT logagg_drop_generation(%(generation)s::integer) FROM forgotten;
 
+-- name: expire_dead_letters
+-- Dead letters of events received before `before_ms`, up to `rows` of them. Only below the
+-- settled floor and the forgotten horizon: a late delivery of such an entry changes nothing
+-- (insert_unique), so the letter is not needed to keep it from being stored.
+DELETE FROM dead_letters AS d
+USING (SELECT l.stream_ms, l.stream_seq
+       FROM dead_letters l JOIN streams s ON s.id = l.stream
+       WHERE l.stream = %(stream)s AND l.stream_ms < %(before_ms)s
+         AND l.stream_ms < s.forgotten_ms
+         AND (l.stream_ms, l.stream_seq) < (s.floor_ms, s.floor_seq)
+       ORDER BY l.stream_ms, l.stream_seq
+       LIMIT %(rows)s) AS old
+WHERE d.stream = %(stream)s AND d.stream_ms = old.stream_ms AND d.stream_seq = old.stream_seq;
+
 -- name: event_partitions
 SELECT lower_ms, upper_ms FROM event_partitions ORDER BY lower_ms;
 

@@ -73,7 +73,8 @@ class Housekeeping:
                 "consumers_removed": len(removed), "counters_folded": folded,
                 "generation_turned": kept.turned, "generations_forgotten": kept.forgotten,
                 "partitions_added": kept.partitions_added,
-                "partitions_dropped": kept.partitions_dropped})
+                "partitions_dropped": kept.partitions_dropped,
+                "dead_letters_expired": kept.dead_letters_expired})
 
     async def make_partitions(self) -> None:
         """At a consumer's start, before it settles anything: the partitions of `events` its

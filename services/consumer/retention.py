@@ -19,6 +19,10 @@ What could still break it is detected: the stream's horizon (`forgotten_ms`) ris
 window; an entry received before it and stored as new (a delivery held back for longer than
 that, or a broker whose clock went back) raises `dedup_window_missed`.
 
+**Dead letters** go DEAD_LETTER_DAYS after their event was received, a bounded number a round
+(they are few), once below the settled floor and the forgotten horizon too, where a late
+delivery of their entry changes nothing without them.
+
 **Retention.** Events are partitioned by expiry (received time + the topic's retention). The
 partitions of the next `longest retention + 2 partitions` are made ahead, and a partition whose
 upper bound is past (every expiry in it is) is dropped. Both happen under the partitions lock,
@@ -50,10 +54,11 @@ class Kept:
     forgotten: int = 0  # generations dropped
     partitions_added: int = 0
     partitions_dropped: int = 0
+    dead_letters_expired: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.turned or self.forgotten or self.partitions_added
-                    or self.partitions_dropped)
+                    or self.partitions_dropped or self.dead_letters_expired)
 
 
 class Keeper:
@@ -67,7 +72,11 @@ class Keeper:
         turned = await self.turn(now_ms)
         forgotten = await self.forget(now_ms, state, floor)
         added, dropped = await self.partitions(now_ms)
-        return Kept(turned, forgotten, added, dropped)
+        expired = 0
+        if self.retention.dead_letter_ms:
+            expired = await self.store.expire_dead_letters(
+                now_ms - self.retention.dead_letter_ms)
+        return Kept(turned, forgotten, added, dropped, expired)
 
     async def turn(self, now_ms: int) -> bool:
         current = (await self.store.generations()).current

@@ -19,7 +19,7 @@ from services.consumer.retention import Keeper
 from shared.constants import EVENT_FIELD
 from shared.entries import Entry, StreamId
 from shared.retention import KEPT, Retention
-from shared.store import Settled, Store
+from shared.store import Failure, Settled, Store
 from shared.stream import GroupState
 from tests.helpers import event
 
@@ -300,3 +300,25 @@ async def test_partitions_are_made_ahead_and_dropped_on_time_across_a_restart(
                       "AND relkind = 'r' ORDER BY 1")
     assert names == sorted((f"events_p{lower}",) for lower, _ in after)
     assert after[-1][1] < KEPT
+
+
+async def test_dead_letters_go_after_their_days_and_their_late_deliveries_change_nothing(
+        store: Store, sql: psycopg.Connection[Any]) -> None:
+    store = windowed(store, dead_letter_ms=60 * SECOND)
+    keeper = Keeper(store, store.retention)
+    given_up = entry(T0, "bad")
+    assert await store.dead_letter([Failure.of_entry(given_up, "refused")]) == 1
+    await store.settle([entry(T0 + 1, "k")])
+    # Not yet: the letter's 60 s have not passed.
+    await keeper.run(T0 + 10 * SECOND, BUSY, StreamId(0, 0))
+    await store.raise_floor(StreamId(T0 + 10 * SECOND + WINDOW, 0))
+    assert (await keeper.run(T0 + 59 * SECOND, BUSY, await store.floor())).forgotten
+    assert [letter.event_id for letter in await store.dead_letters()] == ["bad"]
+    # Then it goes; its count stays, and a late delivery of its entry stores nothing.
+    assert (await keeper.run(T0 + 61 * SECOND, BUSY,
+                             await store.floor())).dead_letters_expired == 1
+    assert await store.dead_letters() == []
+    assert decided(await store.settle([given_up])) == (0, 0)
+    stats = await store.stats()
+    assert (stats.total("unique_processed"), stats.total("dead_lettered")) == (1, 1)
+    assert rows(sql, "SELECT event_id FROM events") == [("k",)]
