@@ -12,7 +12,7 @@ from services.consumer.housekeeping import Housekeeping
 from shared.entries import StreamId
 from shared.settings import Settings
 from shared.sql import queries
-from shared.store import FLOOR_LOCK, Store
+from shared.store import FLOOR_LOCK, PARTITIONS_LOCK, Store
 from shared.stream import Stream
 from tests.helpers import (
     counts,
@@ -114,7 +114,8 @@ async def test_raising_the_floor_gives_up_at_once_while_a_settling_transaction_i
     await settle_like_a_consumer(stream, store, first)
     with psycopg.connect(database_url) as stuck:  # a transaction, left open
         stuck.execute(queries()["share_floor"],
-                      {"lock": FLOOR_LOCK, "stream": await store.stream_id()})
+                      {"lock": FLOOR_LOCK, "stream": await store.stream_id(),
+                       "partitions_lock": PARTITIONS_LOCK})
         raising = asyncio.create_task(store.raise_floor(StreamId.of_entry(first[-1][0])))
         # It gives up within its lock timeout, leaving the floor where it was ...
         assert await asyncio.wait_for(raising, timeout=5) is None
