@@ -36,7 +36,8 @@ async def test_a_connection_killed_mid_batch_rolls_back_and_the_batch_is_retried
         await eventually(lambda: _stalled(sql), what="the batch stalled mid-transaction")
         sql.execute("UPDATE stall_once SET done = true")
         sql.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE query LIKE '%INSERT INTO events%' AND pid <> pg_backend_pid()")
+                    "WHERE wait_event = 'PgSleep' AND datname = current_database() "
+                    "AND pid <> pg_backend_pid()")
         await eventually(lambda: drained(stream), what="batch retried and settled")
     assert counts(sql) == (40, 10, 40)
     assert worker.totals.batches == 1, "the killed attempt settled nothing"
@@ -45,7 +46,7 @@ async def test_a_connection_killed_mid_batch_rolls_back_and_the_batch_is_retried
 async def _stalled(sql: psycopg.Connection[Any]) -> bool:
     await asyncio.sleep(0)
     row = sql.execute("SELECT count(*) FROM pg_stat_activity "
-                      "WHERE query LIKE '%INSERT INTO events%' AND wait_event = 'PgSleep'"
+                      "WHERE wait_event = 'PgSleep' AND datname = current_database()"
                       ).fetchone()
     return bool(row and row[0] == 1)
 
