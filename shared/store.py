@@ -282,12 +282,19 @@ class Store:
     async def _settle(self, stream: int, entries: Sequence[Entry]) -> Settled:
         async with self.pool.connection() as conn, conn.transaction(), \
                 conn.pipeline() as pipeline:
-            # Sent with the first statement, in one round trip (see sql/queries.sql).
-            floor = await conn.execute(self._sql["share_floor"], {
-                "lock": FLOOR_LOCK, "stream": stream, "partitions_lock": PARTITIONS_LOCK})
+            params = {"lock": FLOOR_LOCK, "stream": stream, "partitions_lock": PARTITIONS_LOCK}
+            await conn.execute(self._sql["share_floor"], params)
+            cursor = await conn.execute(self._sql["gate"], params)  # same round trip
+            await pipeline.sync()
+            row = await cursor.fetchone()
+            assert row is not None  # the stream's row is made before its first settle
+            floor_ms, floor_seq, generation, older, forgotten_ms = row
+            # What the settling statements take as constants (see share_floor).
+            gate = {"floor_ms": floor_ms, "floor_seq": floor_seq, "generation": generation,
+                    "older": older, "live": [generation, *older], "forgotten_ms": forgotten_ms}
             replays = [e for e in entries if e.replay_of is not None]
             if not replays:
-                return await self._store(conn, pipeline, stream, floor, entries, [])
+                return await self._store(conn, pipeline, stream, gate, entries, [])
             live = await self._revive(conn, pipeline, stream, replays)
             # Each letter comes back once, through its first replay in this batch. A replay
             # whose letter is not dead any more was settled before: it changes nothing.
@@ -296,7 +303,7 @@ class Store:
                 if entry.replay_of in live:
                     revivals.setdefault(entry.replay_of, entry)
             kept = [e for e in entries if e.replay_of is None] + list(revivals.values())
-            return await self._store(conn, pipeline, stream, floor, kept,
+            return await self._store(conn, pipeline, stream, gate, kept,
                                      [e.topic for e in revivals.values()])
 
     async def raise_floor(self, position: StreamId) -> int | None:
@@ -510,16 +517,15 @@ class Store:
         return {StreamId(ms, seq) for ms, seq in await cursor.fetchall()}
 
     async def _store(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline, stream: int,
-                     floor_cursor: psycopg.AsyncCursor[Any], entries: Sequence[Entry],
-                     revived: list[str]) -> Settled:
+                     gate: dict[str, Any], entries: Sequence[Entry], revived: list[str]
+                     ) -> Settled:
         expires = [self.retention.expires_ms(e.topic, e.id.ms) for e in entries]
         cursor = await conn.execute(self._sql["insert_unique"], {
-            "stream": stream, **_columns(entries), "expires": expires})
+            "stream": stream, **gate, **_columns(entries), "expires": expires})
         # A Sync before each wait for results: PostgreSQL arms the session's idle timeout only
         # after a Sync, so a consumer frozen here cannot hold its locks for longer than that.
         await pipeline.sync()
         inserted = await cursor.fetchall()
-        floor_row = await floor_cursor.fetchone()
         unique = frozenset(StreamId(ms, seq) for _, ms, seq, _, _ in inserted)
         late = frozenset(StreamId(ms, seq) for _, ms, seq, was_late, _ in inserted if was_late)
         asked = {e.id: expiry for e, expiry in zip(entries, expires, strict=True)}
@@ -532,7 +538,7 @@ class Store:
         # the first accepted copy of a key stored under a later one).
         rest = [e for e in entries if e.id not in unique]
         cursor = await conn.execute(self._sql["count_batch"], {
-            "stream": stream, **_columns(rest),
+            "stream": stream, **gate, **_columns(rest),
             "unique_topics": [row[0] for row in inserted], "revived_topics": revived,
             "shard": _shard(),
         })
@@ -547,7 +553,7 @@ class Store:
             duplicate=frozenset(StreamId(ms, seq) for kind, ms, seq, _, _ in decided
                                 if kind == "duplicate"),
             revived=Counter(revived),
-            floor=StreamId(*floor_row) if floor_row else ORIGIN,
+            floor=StreamId(gate["floor_ms"], gate["floor_seq"]),
             late=late,
             misplaced=misplaced,
         )

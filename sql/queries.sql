@@ -18,15 +18,18 @@ SELECT id FROM made UNION ALL SELECT id FROM streams WHERE name = %(name)s;
 -- First in every settling transaction. The lock (one per stream) is shared with other settling
 -- transactions and exclusive with raise_floor and with the turns of the dedup generations, so
 -- the floor and the generations that the statements after this one read (each with a snapshot
--- taken once the lock is held) cannot change before this transaction commits. The second lock,
--- shared by every stream, is exclusive with adding and dropping partitions of `events`. Also
--- returns the floor, as this statement's snapshot saw it: never above the one the statements
--- after it use (the floor only rises).
-SELECT s.floor_ms, s.floor_seq
-FROM pg_advisory_xact_lock_shared(%(lock)s::int4, %(stream)s::int4) AS lock,
-     pg_advisory_xact_lock_shared(%(partitions_lock)s::int4, 0) AS partitions,
-     streams AS s
-WHERE s.id = %(stream)s;
+-- taken once the lock is held; not this one, whose snapshot was taken before it waited) cannot
+-- change before this transaction commits. The second lock, shared by every stream, is
+-- exclusive with adding and dropping partitions of `events`.
+SELECT pg_advisory_xact_lock_shared(%(lock)s::int4, %(stream)s::int4),
+       pg_advisory_xact_lock_shared(%(partitions_lock)s::int4, 0);
+
+-- name: gate
+-- Right after share_floor: the settled floor, the stream's generations of dedup keys and its
+-- forgotten horizon, which the settling statements take as parameters: constants, so that
+-- PostgreSQL prunes the partitions of the generations they do not name before running.
+SELECT floor_ms, floor_seq, generation, older_generations, forgotten_ms
+FROM streams WHERE id = %(stream)s;
 
 -- name: floor_lock_timeout
 -- Bounds the wait for lock_floor (see Store.raise_floor), for this transaction only.
@@ -188,34 +191,40 @@ WITH batch AS (
                 %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
                 %(stream_seq)b::bigint[], %(expires)b::bigint[])
          AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq, expires)
-), gate AS (
-    SELECT generation, older_generations, forgotten_ms, floor_ms, floor_seq FROM streams
-    WHERE id = %(stream)b::smallint
 ), firsts AS (
     SELECT DISTINCT ON (b.topic, b.event_id) b.*
     FROM batch b
-    WHERE NOT (b.stream_ms < (SELECT forgotten_ms FROM gate)
-               AND (b.stream_ms, b.stream_seq) < (SELECT floor_ms, floor_seq FROM gate))
+    -- Counted as a duplicate already: its key was forgotten since, but this entry is a
+    -- redelivery, which changes nothing (the ledger holds every position above the floor).
+    -- OFFSET 0 keeps it a probe of the ledger's index for each entry: without it the
+    -- planner may make it a join, and hash the stream's whole ledger for every batch.
+    WHERE NOT EXISTS (SELECT 1 FROM duplicate_entries l
+                      WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
+                        AND l.stream_seq = b.stream_seq
+                      OFFSET 0)
+      AND NOT (b.stream_ms < %(forgotten_ms)b::bigint
+               AND (b.stream_ms, b.stream_seq) < (%(floor_ms)b::bigint, %(floor_seq)b::bigint))
       AND NOT EXISTS (SELECT 1 FROM dead_letters d
                       WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                         AND d.stream_seq = b.stream_seq)
-      AND NOT EXISTS (SELECT 1 FROM dedup_keys k
-                      WHERE k.topic = b.topic AND k.event_id = b.event_id
-                        AND k.generation = ANY((SELECT older_generations FROM gate)::integer[]))
-      -- Counted as a duplicate already: its key was forgotten since, but this entry is a
-      -- redelivery, which changes nothing (the ledger holds every position above the floor).
-      AND NOT EXISTS (SELECT 1 FROM duplicate_entries l
-                      WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
-                        AND l.stream_seq = b.stream_seq)
     ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
+), fresh AS (
+    -- Not in an older generation (none to look in, most of the time: their partitions are
+    -- pruned before the statement runs). A probe for each key, as above.
+    SELECT f.*
+    FROM firsts f
+    WHERE NOT EXISTS (SELECT 1 FROM dedup_keys k
+                      WHERE k.topic = f.topic AND k.event_id = f.event_id
+                        AND k.generation = ANY(%(older)s::integer[])
+                      OFFSET 0)
 ), keys AS (
     INSERT INTO dedup_keys (generation, topic, event_id, stream_ms, stream_seq)
-    SELECT (SELECT generation FROM gate), topic, event_id, stream_ms, stream_seq
-    FROM firsts
+    SELECT %(generation)b::integer, topic, event_id, stream_ms, stream_seq
+    FROM fresh
     ORDER BY topic, event_id
     ON CONFLICT (topic, event_id, generation) DO NOTHING
     RETURNING topic, event_id
-), bounds AS (
+), bounds AS MATERIALIZED (  -- once, not for each event
     SELECT min(lower_ms) AS lower_ms, max(upper_ms) AS upper_ms FROM event_partitions
 ), stored AS (
     INSERT INTO events (stream, topic, event_id, "timestamp", source, payload, stream_ms,
@@ -231,7 +240,7 @@ WITH batch AS (
     ORDER BY f.stream_ms, f.stream_seq
     RETURNING topic, stream_ms, stream_seq, expires_ms
 )
-SELECT topic, stream_ms, stream_seq, stream_ms < (SELECT forgotten_ms FROM gate) AS late,
+SELECT topic, stream_ms, stream_seq, stream_ms < %(forgotten_ms)b::bigint AS late,
        expires_ms
 FROM stored;
 
@@ -269,36 +278,38 @@ WITH batch AS (
                 %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
                 %(stream_seq)b::bigint[])
          AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
-), live AS (
-    SELECT generation || older_generations AS generations, forgotten_ms, floor_ms, floor_seq
-    FROM streams
-    WHERE id = %(stream)b::smallint
 ), first_copies AS (
     -- Each key's first copy among the entries not given up on, as insert_unique picks it: a
     -- late delivery of a dead letter before a live copy must not hide the live one, nor may an
     -- entry settled before its key was forgotten (insert_unique) move the key's new copy.
-    SELECT DISTINCT ON (topic, event_id) *
+    SELECT DISTINCT ON (b.topic, b.event_id) b.*
     FROM batch b
-    WHERE NOT EXISTS (SELECT 1 FROM dead_letters d
+    -- Nor an entry counted as a duplicate before: of a key forgotten since, and stored
+    -- again from a later copy, which it must not displace (without a window it could not
+    -- be earlier than its key's stored copy anyway: positions only fall). Probed per entry,
+    -- as in insert_unique.
+    WHERE NOT EXISTS (SELECT 1 FROM duplicate_entries l
+                      WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
+                        AND l.stream_seq = b.stream_seq
+                      OFFSET 0)
+      AND NOT EXISTS (SELECT 1 FROM dead_letters d
                       WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                         AND d.stream_seq = b.stream_seq)
-      AND NOT (b.stream_ms < (SELECT forgotten_ms FROM live)
-               AND (b.stream_ms, b.stream_seq) < (SELECT floor_ms, floor_seq FROM live))
-      -- Nor an entry counted as a duplicate before: of a key forgotten since, and stored
-      -- again from a later copy, which it must not displace (without a window it could not
-      -- be earlier than its key's stored copy anyway: positions only fall).
-      AND NOT EXISTS (SELECT 1 FROM duplicate_entries l
-                      WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
-                        AND l.stream_seq = b.stream_seq)
-    ORDER BY topic, event_id, stream_ms, stream_seq
+      AND NOT (b.stream_ms < %(forgotten_ms)b::bigint
+               AND (b.stream_ms, b.stream_seq) < (%(floor_ms)b::bigint, %(floor_seq)b::bigint))
+    ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
 ), stale AS (
     -- The keys stored, as the snapshot saw them, under a later position than the batch's first
     -- copy: the only ones it may move.
+    -- Every key lookup is a lateral probe: a join the planner could turn into a hash of the
+    -- whole generation, for every batch, when the table's statistics are those of an empty one
+    -- (a generation's partition is new; a prepared statement keeps the plan).
     SELECT b.topic, b.event_id
     FROM first_copies b
-    JOIN dedup_keys k
-      ON k.topic = b.topic AND k.event_id = b.event_id
-     AND k.generation = ANY((SELECT generations FROM live)::integer[])
+    JOIN LATERAL (SELECT k.stream_ms, k.stream_seq FROM dedup_keys k
+                  WHERE k.topic = b.topic AND k.event_id = b.event_id
+                    AND k.generation = ANY(%(live)s::integer[])
+                  LIMIT 1) AS k ON true
     WHERE (k.stream_ms, k.stream_seq) > (b.stream_ms, b.stream_seq)
 ), held AS (
     -- Their rows locked, in key order, and read at their latest version: one moved meanwhile
@@ -310,7 +321,7 @@ WITH batch AS (
     FROM stale s
     JOIN dedup_keys k
       ON k.topic = s.topic AND k.event_id = s.event_id
-     AND k.generation = ANY((SELECT generations FROM live)::integer[])
+     AND k.generation = ANY(%(live)s::integer[])
     ORDER BY k.topic, k.event_id
     FOR UPDATE OF k
 ), later AS (
@@ -325,15 +336,16 @@ WITH batch AS (
     -- By key, not by the row's ctid: when `held` waited for a concurrent move, the ctid it
     -- read can be the version that move replaced, which this update would then skip.
     WHERE k.topic = l.topic AND k.event_id = l.event_id
-      AND k.generation = ANY((SELECT generations FROM live)::integer[])
+      AND k.generation = ANY(%(live)s::integer[])
       AND (k.stream_ms, k.stream_seq) > (l.stream_ms, l.stream_seq)
     RETURNING l.topic, l.event_id, l.stream_ms, l.stream_seq, l.held_ms, l.held_seq
 ), counted_as_duplicates AS (
     SELECT b.stream_ms, b.stream_seq, b.topic, b.event_id
     FROM batch b
-    JOIN dedup_keys e
-      ON e.topic = b.topic AND e.event_id = b.event_id
-     AND e.generation = ANY((SELECT generations FROM live)::integer[])
+    JOIN LATERAL (SELECT e.stream_ms, e.stream_seq FROM dedup_keys e
+                  WHERE e.topic = b.topic AND e.event_id = b.event_id
+                    AND e.generation = ANY(%(live)s::integer[])
+                  LIMIT 1) AS e ON true
     -- The stored copy as this statement leaves it: moved to this batch's first copy, else the
     -- latest version where the row is locked, else the snapshot's (see above).
     LEFT JOIN held h ON h.topic = b.topic AND h.event_id = b.event_id
