@@ -288,10 +288,11 @@ class Store:
             await pipeline.sync()
             row = await cursor.fetchone()
             assert row is not None  # the stream's row is made before its first settle
-            floor_ms, floor_seq, generation, older, forgotten_ms = row
-            # What the settling statements take as constants (see share_floor).
+            floor_ms, floor_seq, generation, older, forgotten_ms, at_ms, at_seq = row
+            # What the settling statements take as constants (see `gate`).
             gate = {"floor_ms": floor_ms, "floor_seq": floor_seq, "generation": generation,
-                    "older": older, "live": [generation, *older], "forgotten_ms": forgotten_ms}
+                    "older": older, "live": [generation, *older], "forgotten_ms": forgotten_ms,
+                    "forgotten_at_ms": at_ms, "forgotten_at_seq": at_seq}
             replays = [e for e in entries if e.replay_of is not None]
             if not replays:
                 return await self._store(conn, pipeline, stream, gate, entries, [])

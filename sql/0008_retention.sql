@@ -41,6 +41,10 @@ CREATE TABLE dedup_keys (
 ALTER TABLE streams ADD COLUMN generation integer;
 ALTER TABLE streams ADD COLUMN older_generations integer[] NOT NULL DEFAULT '{}';
 ALTER TABLE streams ADD COLUMN forgotten_ms bigint NOT NULL DEFAULT 0;
+-- The highest position settled when a generation was last forgotten: only an entry at or below
+-- it can have been counted as a duplicate of a key forgotten since.
+ALTER TABLE streams ADD COLUMN forgotten_at_ms bigint NOT NULL DEFAULT 0;
+ALTER TABLE streams ADD COLUMN forgotten_at_seq bigint NOT NULL DEFAULT 0;
 
 -- A new generation of `stream`'s keys, made ahead (not current yet): its row and partition.
 CREATE FUNCTION logagg_new_generation(stream_id smallint) RETURNS integer

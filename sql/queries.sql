@@ -28,7 +28,8 @@ SELECT pg_advisory_xact_lock_shared(%(lock)s::int4, %(stream)s::int4),
 -- Right after share_floor: the settled floor, the stream's generations of dedup keys and its
 -- forgotten horizon, which the settling statements take as parameters: constants, so that
 -- PostgreSQL prunes the partitions of the generations they do not name before running.
-SELECT floor_ms, floor_seq, generation, older_generations, forgotten_ms
+SELECT floor_ms, floor_seq, generation, older_generations, forgotten_ms, forgotten_at_ms,
+       forgotten_at_seq
 FROM streams WHERE id = %(stream)s;
 
 -- name: floor_lock_timeout
@@ -89,10 +90,30 @@ RETURNING generation;
 -- Under the exclusive floor lock: the stream stops looking the generation up, and the
 -- forgotten horizon rises to where its keys' windows end (see services/consumer/retention.py).
 -- Its partition is dropped only if it was an older generation of this stream.
-WITH forgotten AS (
-    UPDATE streams
+-- Every entry counted against it was settled before, at or below the highest position the
+-- store holds as settled now (read under the lock): `forgotten_at` rises to it.
+WITH high AS (
+    SELECT stream_ms, stream_seq FROM (
+        (SELECT stream_ms, stream_seq FROM events WHERE stream = %(stream)s
+         ORDER BY stream_ms DESC, stream_seq DESC LIMIT 1)
+        UNION ALL
+        (SELECT stream_ms, stream_seq FROM duplicate_entries WHERE stream = %(stream)s
+         ORDER BY stream_ms DESC, stream_seq DESC LIMIT 1)
+        UNION ALL
+        SELECT 0, 0
+    ) AS settled
+    ORDER BY stream_ms DESC, stream_seq DESC
+    LIMIT 1
+), forgotten AS (
+    UPDATE streams AS s
     SET older_generations = array_remove(older_generations, %(generation)s::integer),
-        forgotten_ms = greatest(forgotten_ms, %(forgotten_ms)s)
+        forgotten_ms = greatest(forgotten_ms, %(forgotten_ms)s),
+        (forgotten_at_ms, forgotten_at_seq) = (
+            SELECT CASE WHEN (h.stream_ms, h.stream_seq) > (s.forgotten_at_ms, s.forgotten_at_seq)
+                        THEN h.stream_ms ELSE s.forgotten_at_ms END,
+                   CASE WHEN (h.stream_ms, h.stream_seq) > (s.forgotten_at_ms, s.forgotten_at_seq)
+                        THEN h.stream_seq ELSE s.forgotten_at_seq END
+            FROM high h)
     WHERE id = %(stream)s AND %(generation)s::integer = ANY(older_generations)
     RETURNING id
 )
@@ -196,12 +217,16 @@ WITH batch AS (
     FROM batch b
     -- Counted as a duplicate already: its key was forgotten since, but this entry is a
     -- redelivery, which changes nothing (the ledger holds every position above the floor).
+    -- Only an entry settled before a generation was forgotten can be one: at or below the
+    -- highest position settled then (`forgotten_at`); the others, nearly all, skip the probe.
     -- OFFSET 0 keeps it a probe of the ledger's index for each entry: without it the
     -- planner may make it a join, and hash the stream's whole ledger for every batch.
-    WHERE NOT EXISTS (SELECT 1 FROM duplicate_entries l
-                      WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
-                        AND l.stream_seq = b.stream_seq
-                      OFFSET 0)
+    WHERE ((b.stream_ms, b.stream_seq) > (%(forgotten_at_ms)b::bigint,
+                                          %(forgotten_at_seq)b::bigint)
+           OR NOT EXISTS (SELECT 1 FROM duplicate_entries l
+                          WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
+                            AND l.stream_seq = b.stream_seq
+                          OFFSET 0))
       AND NOT (b.stream_ms < %(forgotten_ms)b::bigint
                AND (b.stream_ms, b.stream_seq) < (%(floor_ms)b::bigint, %(floor_seq)b::bigint))
       AND NOT EXISTS (SELECT 1 FROM dead_letters d
@@ -287,11 +312,13 @@ WITH batch AS (
     -- Nor an entry counted as a duplicate before: of a key forgotten since, and stored
     -- again from a later copy, which it must not displace (without a window it could not
     -- be earlier than its key's stored copy anyway: positions only fall). Probed per entry,
-    -- as in insert_unique.
-    WHERE NOT EXISTS (SELECT 1 FROM duplicate_entries l
-                      WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
-                        AND l.stream_seq = b.stream_seq
-                      OFFSET 0)
+    -- as in insert_unique, and only where insert_unique probes.
+    WHERE ((b.stream_ms, b.stream_seq) > (%(forgotten_at_ms)b::bigint,
+                                          %(forgotten_at_seq)b::bigint)
+           OR NOT EXISTS (SELECT 1 FROM duplicate_entries l
+                          WHERE l.stream = %(stream)b::smallint AND l.stream_ms = b.stream_ms
+                            AND l.stream_seq = b.stream_seq
+                          OFFSET 0))
       AND NOT EXISTS (SELECT 1 FROM dead_letters d
                       WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                         AND d.stream_seq = b.stream_seq)
