@@ -31,6 +31,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "max_event_bytes": 262144,  # the SPEC leaves it to us, at most 1 MiB
     "log_level": "INFO",
     "auth": "on",
+    "retention_days": 0.0,
 }
 # Settings the issues added beyond the SPEC table, with their documented defaults.
 EXTRA_DEFAULTS: dict[str, Any] = {
@@ -48,6 +49,11 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "keys_refresh_ms": 500,
     "max_topics": 10_000,
     "otlp_topic_attribute": "service.name",
+    # retention (shared/retention.py)
+    "retention_topic_days": "",
+    "dedup_window_days": 7.0,
+    "partition_seconds": 86_400,
+    "dead_letter_days": 30.0,
 }
 DEFAULTS = {**SPEC_DEFAULTS, **EXTRA_DEFAULTS}
 
@@ -88,6 +94,11 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "keys_refresh_ms": ("100", 100),
     "max_topics": ("500", 500),
     "otlp_topic_attribute": ("deployment.environment", "deployment.environment"),
+    "retention_days": ("1.5", 1.5),
+    "retention_topic_days": ('{"audit": 365}', '{"audit": 365}'),
+    "dedup_window_days": ("2", 2.0),
+    "partition_seconds": ("3600", 3600),
+    "dead_letter_days": ("0", 0.0),
 }
 
 
@@ -190,7 +201,8 @@ def test_a_keyword_override_wins_over_the_environment(name: str) -> None:
     raw, parsed = OTHER_VALUES[name]
     override = f"{parsed}-override" if isinstance(parsed, str) else parsed + 1
     # Fields that take one of a few words get another valid word.
-    override = {"log_level": "ERROR", "log_format": "text", "auth": "on"}.get(name, override)
+    override = {"log_level": "ERROR", "log_format": "text", "auth": "on",
+                "retention_topic_days": '{"other": 1}'}.get(name, override)
     settings = Settings.from_env({name.upper(): raw}, **{name: override})
     assert getattr(settings, name) == override
 
@@ -258,7 +270,10 @@ def test_env_example_lists_every_variable_of_settings_exactly_once() -> None:
 
 
 def test_env_example_gives_the_defaults_of_settings() -> None:
-    defaults = {field.name.upper(): str(field.default) for field in dataclasses.fields(Settings)}
+    def text(value: object) -> str:  # days as people write them: 7, not 7.0
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    defaults = {field.name.upper(): text(field.default) for field in dataclasses.fields(Settings)}
     assert dict(env_example()) == defaults
 
 
@@ -339,3 +354,26 @@ def test_to_env_names_every_variable_but_consumer_name_with_text_values() -> Non
     env = Settings.from_env({}).to_env()
     assert set(env) == {name.upper() for name in FIELDS} - {"CONSUMER_NAME"}
     assert all(isinstance(value, str) for value in env.values())
+
+
+def test_retention_by_topic_is_a_json_object_of_days() -> None:
+    settings = Settings.from_env({"RETENTION_TOPIC_DAYS": '{"audit": 365, "debug": 0.5}'})
+    assert settings.retention_by_topic == {"audit": 365.0, "debug": 0.5}
+    assert Settings.from_env({}).retention_by_topic == {}
+
+
+@pytest.mark.parametrize("raw", ['{"audit": -1}', '["audit"]', "audit=365", '{"a": "1"}',
+                                 '{"a": true}', '{"a": 40000}'])
+def test_a_bad_retention_by_topic_is_a_configuration_error_naming_it(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="RETENTION_TOPIC_DAYS"):
+        Settings.from_env({"RETENTION_TOPIC_DAYS": raw})
+
+
+@pytest.mark.parametrize(("name", "raw"), [("RETENTION_DAYS", "-1"), ("RETENTION_DAYS", "x"),
+                                           ("DEDUP_WINDOW_DAYS", "0"),
+                                           ("DEDUP_WINDOW_DAYS", "40000"),
+                                           ("DEAD_LETTER_DAYS", "-0.5"),
+                                           ("PARTITION_SECONDS", "0")])
+def test_bad_retention_days_are_a_configuration_error_naming_them(name: str, raw: str) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        Settings.from_env({name: raw})
