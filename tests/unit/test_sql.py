@@ -80,20 +80,21 @@ def test_a_store_query_is_clean_sql(name: str) -> None:
 
 
 def test_migrations_start_with_0001_init() -> None:
-    version, text = sql.migrations()[0]
-    assert version == "0001_init"
-    assert text == (SQL_DIR / "0001_init.sql").read_text()
-    assert text.strip()
+    first = sql.migrations()[0]
+    assert first.version == "0001_init"
+    assert first.text == (SQL_DIR / "0001_init.sql").read_text()
+    assert first.text.strip()
+    assert first.transactional
 
 
 def test_migration_versions_are_sorted_and_unique() -> None:
-    versions = [version for version, _ in sql.migrations()]
+    versions = [m.version for m in sql.migrations()]
     assert versions == sorted(versions)
     assert len(versions) == len(set(versions))
 
 
 def test_queries_sql_is_not_a_migration() -> None:
-    assert "queries" not in [version for version, _ in sql.migrations()]
+    assert "queries" not in [m.version for m in sql.migrations()]
 
 
 def test_migrations_are_ordered_by_number_and_skip_other_files(tmp_path: Path) -> None:
@@ -101,9 +102,9 @@ def test_migrations_are_ordered_by_number_and_skip_other_files(tmp_path: Path) -
                  "notes.txt", "01_short.sql"]:
         (tmp_path / name).write_text(f"-- {name}\n")
     assert sql.migrations(tmp_path) == [
-        ("0001_init", "-- 0001_init.sql\n"),
-        ("0002_second", "-- 0002_second.sql\n"),
-        ("0010_later", "-- 0010_later.sql\n"),
+        sql.Migration("0001_init", "-- 0001_init.sql\n"),
+        sql.Migration("0002_second", "-- 0002_second.sql\n"),
+        sql.Migration("0010_later", "-- 0010_later.sql\n"),
     ]
 
 
