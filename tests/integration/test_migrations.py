@@ -3,6 +3,10 @@ each migration once, safe when run at once."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +21,7 @@ from services.cli import main
 from services.stack.servers import PostgresServer
 from shared.exceptions import DatabaseEncodingError
 from shared.migrations import migrate
+from shared.paths import ROOT
 from shared.sql import NO_TRANSACTION, migrations
 
 
@@ -112,6 +117,22 @@ def index_valid(url: str, index: str) -> bool | None:
     return None if row is None else bool(row[0])
 
 
+def items_then_a_concurrent_build(postgres_server: PostgresServer, tmp_path: Path) -> str:
+    """A database with `items` migrated, and a build of `items_by_name` still to apply."""
+    url = fresh(postgres_server)
+    (tmp_path / "0001_items.sql").write_text(ITEMS)
+    assert migrate(url, directory=tmp_path) == ["0001_items"]
+    (tmp_path / "0002_items_by_name.sql").write_text(BY_NAME)
+    return url
+
+
+def backend(watch: psycopg.Connection[Any], condition: str) -> Callable[[], bool]:
+    """Whether another backend of this database shows in `pg_stat_activity` so."""
+    return lambda: watch.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+        f"AND pid <> pg_backend_pid() AND {condition}").fetchone() is not None
+
+
 def poll(check: Callable[[], bool], within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while not check():
@@ -173,28 +194,54 @@ def test_an_invalid_index_left_by_a_failed_concurrent_build_is_dropped_and_built
 
 def test_a_migrator_waiting_for_the_lock_neither_applies_a_concurrent_build_again_nor_deadlocks(
         postgres_server: PostgresServer, tmp_path: Path) -> None:
-    url = fresh(postgres_server)
-    (tmp_path / "0001_items.sql").write_text(ITEMS)
-    assert migrate(url, directory=tmp_path) == ["0001_items"]
-    (tmp_path / "0002_items_by_name.sql").write_text(BY_NAME)
+    url = items_then_a_concurrent_build(postgres_server, tmp_path)
     with psycopg.connect(url) as blocker, psycopg.connect(url, autocommit=True) as watch, \
             ThreadPoolExecutor(max_workers=2) as pool:
         # Hold the first migrator inside its build: CREATE INDEX CONCURRENTLY waits for this lock.
         blocker.execute("LOCK TABLE items IN SHARE UPDATE EXCLUSIVE MODE")
 
-        def activity(condition: str) -> Callable[[], bool]:
-            return lambda: watch.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-                f"AND pid <> pg_backend_pid() AND {condition}").fetchone() is not None
-
         first = pool.submit(migrate, url, directory=tmp_path)
-        poll(activity("query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock'"))
+        poll(backend(watch, "query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock'"))
         second = pool.submit(migrate, url, directory=tmp_path)
-        poll(activity("query LIKE '%advisory_lock%'"))
+        poll(backend(watch, "query LIKE '%advisory_lock%'"))
         blocker.commit()
         # The build then waits for every older snapshot: a migrator blocked in pg_advisory_lock
         # would hold one and deadlock with it.
         results: list[Any] = [first.result(timeout=60), second.result(timeout=60)]
     assert results == [["0002_items_by_name"], []]
+    assert recorded(url) == ["0001_items", "0002_items_by_name"]
+    assert index_valid(url, "items_by_name") is True
+
+
+def test_a_migrator_killed_in_the_middle_of_a_concurrent_build_leaves_it_to_be_built_again(
+        postgres_server: PostgresServer, tmp_path: Path) -> None:
+    url = items_then_a_concurrent_build(postgres_server, tmp_path)
+    code = ("from pathlib import Path; from shared.migrations import migrate; "
+            f"migrate({url!r}, directory=Path({str(tmp_path)!r}))")
+    # A server that notices a vanished client ends its backend, as a dropped connection would.
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "PGOPTIONS": "-c client_connection_check_interval=50"}
+    with psycopg.connect(url) as writer, psycopg.connect(url, autocommit=True) as watch:
+        # An open write: the build has put its index in the catalog (INVALID) and waits for it.
+        writer.execute("INSERT INTO items VALUES (1, 'a')")
+        migrator = subprocess.Popen([sys.executable, "-c", code], env=env)
+        try:
+            waiting = backend(watch, "query LIKE 'CREATE INDEX CONCURRENTLY%' "
+                                     "AND wait_event = 'virtualxid'")
+
+            def building() -> bool:
+                assert migrator.poll() is None, "the migrator ended before its build began"
+                return waiting()
+            poll(building)
+            migrator.send_signal(signal.SIGKILL)
+        finally:
+            migrator.kill()  # SIGKILL too: no migrator outlives a failed poll
+            migrator.wait(timeout=30)
+        build = backend(watch, "query LIKE 'CREATE INDEX CONCURRENTLY%'")
+        poll(lambda: not build())
+        writer.commit()
+    assert recorded(url) == ["0001_items"]
+    assert index_valid(url, "items_by_name") is False
+    assert migrate(url, directory=tmp_path) == ["0002_items_by_name"]
     assert recorded(url) == ["0001_items", "0002_items_by_name"]
     assert index_valid(url, "items_by_name") is True
