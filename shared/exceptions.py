@@ -35,6 +35,10 @@ class DatabaseEncodingError(ConfigurationError):
     """The database is not in the UTF8 encoding."""
 
 
+class MigrationError(LogaggError):
+    """A migration file breaks the rules, or left the schema in a state it must not."""
+
+
 class InvalidCursor(LogaggError):
     """The `after` cursor is not one this server handed out."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared import sql
+from shared.exceptions import MigrationError
 from shared.paths import ROOT, SQL_DIR
 
 
@@ -80,20 +81,21 @@ def test_a_store_query_is_clean_sql(name: str) -> None:
 
 
 def test_migrations_start_with_0001_init() -> None:
-    version, text = sql.migrations()[0]
-    assert version == "0001_init"
-    assert text == (SQL_DIR / "0001_init.sql").read_text()
-    assert text.strip()
+    first = sql.migrations()[0]
+    assert first.version == "0001_init"
+    assert first.text == (SQL_DIR / "0001_init.sql").read_text()
+    assert first.text.strip()
+    assert first.transactional
 
 
 def test_migration_versions_are_sorted_and_unique() -> None:
-    versions = [version for version, _ in sql.migrations()]
+    versions = [m.version for m in sql.migrations()]
     assert versions == sorted(versions)
     assert len(versions) == len(set(versions))
 
 
 def test_queries_sql_is_not_a_migration() -> None:
-    assert "queries" not in [version for version, _ in sql.migrations()]
+    assert "queries" not in [m.version for m in sql.migrations()]
 
 
 def test_migrations_are_ordered_by_number_and_skip_other_files(tmp_path: Path) -> None:
@@ -101,11 +103,49 @@ def test_migrations_are_ordered_by_number_and_skip_other_files(tmp_path: Path) -
                  "notes.txt", "01_short.sql"]:
         (tmp_path / name).write_text(f"-- {name}\n")
     assert sql.migrations(tmp_path) == [
-        ("0001_init", "-- 0001_init.sql\n"),
-        ("0002_second", "-- 0002_second.sql\n"),
-        ("0010_later", "-- 0010_later.sql\n"),
+        sql.Migration("0001_init", "-- 0001_init.sql\n"),
+        sql.Migration("0002_second", "-- 0002_second.sql\n"),
+        sql.Migration("0010_later", "-- 0010_later.sql\n"),
     ]
 
 
 def test_an_empty_folder_has_no_migration(tmp_path: Path) -> None:
     assert sql.migrations(tmp_path) == []
+
+
+def test_a_no_transaction_migration_is_split_at_each_semicolon_that_ends_a_line() -> None:
+    migration = sql.Migration.parse("0009_index", (
+        f"{sql.NO_TRANSACTION}\n"
+        "-- why\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_by_topic\n"
+        "    ON events (topic);\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS Events_Once ON events (id);  \n"
+        "ANALYZE events;\n"))
+    assert not migration.transactional
+    assert migration.statements == (
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_by_topic\n    ON events (topic)",
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS Events_Once ON events (id)",
+        "ANALYZE events")
+    assert migration.indexes == ("events_by_topic", "events_once")
+
+
+def test_a_migration_without_the_marker_runs_whole_in_a_transaction() -> None:
+    migration = sql.Migration.parse("0009_table", "CREATE TABLE t (id int);\n")
+    assert migration.transactional
+    assert migration.statements == ()
+
+
+@pytest.mark.parametrize("statement", [
+    "CREATE INDEX CONCURRENTLY t_id ON t (id);",
+    "CREATE INDEX IF NOT EXISTS t_id ON t (id);",
+    'CREATE INDEX CONCURRENTLY IF NOT EXISTS "T_id" ON t (id);',
+])
+def test_a_migration_outside_a_transaction_refuses_an_index_it_could_not_build_again(
+        statement: str) -> None:
+    with pytest.raises(MigrationError, match="must say CONCURRENTLY IF NOT EXISTS"):
+        sql.Migration.parse("0009_index", f"{sql.NO_TRANSACTION}\n{statement}\n")
+
+
+def test_a_migration_outside_a_transaction_refuses_dollar_quotes() -> None:
+    with pytest.raises(MigrationError, match="cannot hold dollar quotes"):
+        sql.Migration.parse("0009_fn", f"{sql.NO_TRANSACTION}\nDO $$ BEGIN END $$;\n")
