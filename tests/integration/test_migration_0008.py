@@ -25,12 +25,13 @@ def _apply_up_to(url: str, last_before: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY,"
                       " applied_at timestamptz NOT NULL DEFAULT now())")
-        for version, text in migrations():
-            if version >= last_before:
+        for migration in migrations():
+            if migration.version >= last_before:
                 break
             with conn.transaction():
-                conn.execute(text.encode())
-                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", [version])
+                conn.execute(migration.text.encode())
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)",
+                             [migration.version])
 
 
 def _entry(ms: int, event_id: str) -> Entry:
@@ -49,7 +50,7 @@ async def test_events_stored_before_0008_are_kept_and_their_keys_remembered(
         conn.execute("INSERT INTO events (stream, topic, event_id, \"timestamp\", source, payload,"
                      " stream_ms, stream_seq) SELECT 1, 'auth', 'old-' || i, now(), 'svc', '{}',"
                      " 1000 + i, 0 FROM generate_series(1, 3) AS i")
-    assert migrate(url) == [BEFORE, *[v for v, _ in migrations() if v > BEFORE]]
+    assert migrate(url) == [m.version for m in migrations() if m.version >= BEFORE]
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*), min(expires_ms), max(expires_ms) FROM events"
                             ).fetchone() == (3, KEPT, KEPT)
