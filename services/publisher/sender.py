@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import aiohttp
@@ -115,7 +116,7 @@ async def send(workload: Workload, *, url: str, batch: int, concurrency: int, ra
     _check(url=url, batch=batch, concurrency=concurrency, rate=rate, max_retries=max_retries,
            timeout=timeout)
     tally = _Tally()
-    batches = _batches(workload.encoded, batch)
+    batches = _batches(workload.encoded(), batch)
     started = time.perf_counter()
     # One connection per worker at most: each worker has one request in flight.
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -143,15 +144,15 @@ def _check(*, url: str, batch: int, concurrency: int, rate: float | None, max_re
         raise ValueError(f"max_retries must be >= 0 and timeout > 0, not {max_retries}, {timeout}")
 
 
-def _batches(encoded: tuple[bytes, ...], size: int) -> Iterator[tuple[bytes, int]]:
-    """Request bodies and their event counts, in send order.
+def _batches(encoded: Iterator[bytes], size: int) -> Iterator[tuple[bytes, int]]:
+    """Request bodies and their event counts, in send order, taken from the stream of events
+    `size` at a time: only the batches in flight are held, whatever the workload's size.
 
     Events are joined as they are, never re-serialized, so a re-send stays byte for byte the
     original. The workers share this one iterator: `next()` never awaits, so no two of them can
     take the same batch.
     """
-    for start in range(0, len(encoded), size):
-        chunk = encoded[start:start + size]
+    while chunk := list(islice(encoded, size)):
         yield b"[" + b",".join(chunk) + b"]", len(chunk)
 
 

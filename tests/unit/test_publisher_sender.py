@@ -263,7 +263,7 @@ async def test_the_bodies_received_concatenate_to_exactly_the_workload_bytes() -
     report = await publish(ingest, sent, batch=64)
     assert all(body[:1] == b"[" and body[-1:] == b"]" for body in ingest.accepted_bodies)
     received = b",".join(body[1:-1] for body in ingest.accepted_bodies)
-    assert received == b",".join(sent.encoded)
+    assert received == b",".join(sent.encoded())
     assert len(ingest.accepted_bodies) == 16
     assert ingest.content_types == {"application/json"}
     assert (report.events_accepted, report.unique_keys, report.duplicates) == (1_000, 700, 300)
@@ -273,7 +273,8 @@ async def test_concurrent_workers_send_every_batch_exactly_once_and_count_them_a
     sent = workload(2_000, 0.3, ["auth"], seed=12)
     ingest = Ingest(busy, drop, broken)
     report = await publish(ingest, sent, batch=50, concurrency=8)
-    expected = [b"[" + b",".join(sent.encoded[i:i + 50]) + b"]" for i in range(0, 2_000, 50)]
+    events = list(sent.encoded())
+    expected = [b"[" + b",".join(events[i:i + 50]) + b"]" for i in range(0, 2_000, 50)]
     assert sorted(ingest.accepted_bodies) == sorted(expected)
     assert (report.events_accepted, report.requests, report.retries) == (2_000, 43, 3)
     assert len(report.latencies_ms) == 40
