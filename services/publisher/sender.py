@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
@@ -34,6 +35,9 @@ _BACKOFF_BASE = 0.05  # seconds before the first retry, at most (full jitter)
 _BACKOFF_CAP = 5.0
 _RETRY_AFTER_CAP = 60.0  # a wrong header must not stall a run for hours
 _KEPT_ERRORS = 5  # rejections kept for the report; the rest only counted
+# Latencies are kept to the hundredth of a millisecond (what the report shows, and finer), as a
+# count per value: their memory grows with the values seen, not with the number of requests.
+_TICKS_PER_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +52,8 @@ class Report:
     unique_keys: int
     duplicates: int
     seconds: float
-    latencies_ms: tuple[float, ...]  # of the requests answered 202, in no particular order
+    # Of the requests answered 202: (latency in ms, to 0.01, how many requests took it), rising.
+    latencies_ms: tuple[tuple[float, int], ...]
     errors: tuple[str, ...]  # the first few rejections and give-ups, as "status error: message"
     stopped: str | None = None  # why the run stopped before the end (a 401 or 403), if it did
 
@@ -60,12 +65,19 @@ class Report:
     def all_accepted(self) -> bool:
         return self.events_failed == 0 and self.events_accepted == self.events
 
+    @property
+    def timed_requests(self) -> int:
+        """Requests answered 202, whose latency the report holds."""
+        return sum(count for _, count in self.latencies_ms)
+
     def latency_ms(self, percent: float) -> float | None:
         """Nearest-rank percentile of the successful requests' latency; None before any."""
-        if not self.latencies_ms:
-            return None
-        ranked = sorted(self.latencies_ms)
-        return ranked[max(math.ceil(percent / 100 * len(ranked)) - 1, 0)]
+        rank, seen = max(math.ceil(percent / 100 * self.timed_requests), 1), 0
+        for value, count in self.latencies_ms:
+            seen += count
+            if seen >= rank:
+                return value
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,7 +176,7 @@ class _Tally:
     accepted: int = 0
     failed: int = 0
     retries: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies: Counter[int] = field(default_factory=Counter)  # in ticks of 1/_TICKS_PER_MS ms
     errors: list[str] = field(default_factory=list)
     stopped: str | None = None  # set once: no batch is sent after it
 
@@ -179,7 +191,9 @@ class _Tally:
             events=workload.events, requests=self.requests, events_accepted=self.accepted,
             events_failed=self.failed, retries=self.retries, unique_keys=workload.unique_keys,
             duplicates=workload.duplicates, seconds=seconds,
-            latencies_ms=tuple(self.latencies_ms), errors=tuple(self.errors),
+            latencies_ms=tuple((ticks / _TICKS_PER_MS, count)
+                               for ticks, count in sorted(self.latencies.items())),
+            errors=tuple(self.errors),
             stopped=self.stopped,
         )
 
@@ -335,7 +349,7 @@ class _Sender:
             raise _Retry(f"{type(error).__name__}: {error}") from error
         if status != 202:
             raise _failure(status, headers, text)
-        self._tally.latencies_ms.append((time.perf_counter() - started) * 1000)
+        self._tally.latencies[round((time.perf_counter() - started) * 1000 * _TICKS_PER_MS)] += 1
         return _accepted(text)
 
 
