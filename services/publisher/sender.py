@@ -128,7 +128,7 @@ async def send(workload: Workload, *, url: str, batch: int, concurrency: int, ra
     _check(url=url, batch=batch, concurrency=concurrency, rate=rate, max_retries=max_retries,
            timeout=timeout)
     tally = _Tally()
-    batches = _batches(workload.encoded(), batch)
+    bodies = batches(workload.encoded(), batch)
     started = time.perf_counter()
     # One connection per worker at most: each worker has one request in flight.
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -140,7 +140,7 @@ async def send(workload: Workload, *, url: str, batch: int, concurrency: int, ra
                          keyed=bool(key))
         async with asyncio.TaskGroup() as workers:
             for _ in range(concurrency):
-                workers.create_task(sender.drain(batches))
+                workers.create_task(sender.drain(bodies))
     return tally.report(workload, time.perf_counter() - started)
 
 
@@ -156,7 +156,7 @@ def _check(*, url: str, batch: int, concurrency: int, rate: float | None, max_re
         raise ValueError(f"max_retries must be >= 0 and timeout > 0, not {max_retries}, {timeout}")
 
 
-def _batches(encoded: Iterator[bytes], size: int) -> Iterator[tuple[bytes, int]]:
+def batches(encoded: Iterator[bytes], size: int) -> Iterator[tuple[bytes, int]]:
     """Request bodies and their event counts, in send order, taken from the stream of events
     `size` at a time: only the batches in flight are held, whatever the workload's size.
 

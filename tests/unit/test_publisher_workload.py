@@ -13,7 +13,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
-from services.publisher.sender import _batches
+from services.publisher.sender import batches
 from services.publisher.simulator import WINDOW, Workload, workload
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema" / "event.schema.json"
@@ -157,7 +157,7 @@ def test_the_generators_peak_memory_stays_flat_in_the_number_of_events() -> None
         tracemalloc.start()
         try:
             work = workload(events, 0.3, TOPICS, seed=5)
-            sent = sum(count for _, count in _batches(work.encoded(), 100))
+            sent = sum(count for _, count in batches(work.encoded(), 100))
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
