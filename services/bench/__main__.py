@@ -135,8 +135,9 @@ async def bench(settings: Settings, args: argparse.Namespace,
             exact=_exact(stats, work.unique_keys, sent.events_accepted),
             cpu_us_per_event={name: seconds * 1e6 / work.events
                               for name, seconds in meter.spent.items()},
-            peak_rss_mb={name: probes.peak_rss_mb(process.pid)
-                         for name, process in stack.processes.items()},
+            peak_rss_mb={**{name: probes.peak_rss_mb(process.pid)
+                            for name, process in stack.processes.items()},
+                         "load generator (this process)": probes.peak_rss_mb(os.getpid())},
             samples=samples,
         )
 
