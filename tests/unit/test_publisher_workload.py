@@ -3,6 +3,8 @@ a stream in flat memory."""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import tracemalloc
 import uuid
 from datetime import datetime
@@ -13,8 +15,10 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from services.publisher import __main__ as publisher
 from services.publisher.sender import batches
 from services.publisher.simulator import WINDOW, Workload, workload
+from shared.settings import Settings
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema" / "event.schema.json"
 TOPICS = ["auth", "billing", "orders", "search", "payments"]
@@ -217,3 +221,24 @@ def test_bad_arguments_are_refused_with_a_message(
         events: int, duplicates: float, topics: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         workload(events, duplicates, topics, seed=1)
+
+
+def dry_run(capsys: pytest.CaptureFixture[str], *arguments: str) -> dict[str, Any]:
+    parser = argparse.ArgumentParser()
+    publisher.add_arguments(parser)
+    args = parser.parse_args(["--dry-run", "--json", *arguments])
+    assert publisher.run(Settings.from_env({}), args) == 0
+    figures: dict[str, Any] = orjson.loads(capsys.readouterr().out)
+    return figures
+
+
+def test_a_dry_run_names_the_bytes_a_seed_sends_by_their_digest(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    first = dry_run(capsys, "--events", "3000", "--seed", "11", "--batch", "64")
+    assert dry_run(capsys, "--events", "3000", "--seed", "11", "--batch", "64") == first
+    bodies = list(batches(workload(3_000, 0.3, TOPICS, seed=11).encoded(), 64))
+    assert (first["events"], first["unique_keys"], first["duplicates"]) == (3_000, 2_100, 900)
+    assert (first["requests"], first["bytes"]) == (len(bodies), sum(len(b) for b, _ in bodies))
+    assert first["sha256"] == hashlib.sha256(b"".join(b for b, _ in bodies)).hexdigest()
+    other = dry_run(capsys, "--events", "3000", "--seed", "12", "--batch", "64")
+    assert other["sha256"] != first["sha256"]
