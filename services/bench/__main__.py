@@ -3,9 +3,11 @@ on the same servers in the same run.
 
 It starts its own stack (Redis with its append-only file, `appendfsync always` unless
 `--redis-appendfsync` says otherwise; durable PostgreSQL; one ingest; N consumers) in a
-temporary folder, measures the ceilings, publishes the workload in process (the load generator
-shares the machine, as it would in a test rig), waits until nothing is pending, and reports: a
-table on stdout, a JSON file and a PNG plot in `bench/results/`.
+temporary folder, measures the ceilings over the workload's first events (a fixed-size sample,
+`ceilings.SAMPLE_EVENTS`), publishes the workload in process as a stream made while it is sent
+(the load generator shares the machine, as it would in a test rig, and its memory stays flat
+whatever `--events`), waits until nothing is pending, and reports: a table on stdout, a JSON
+file and a PNG plot in `bench/results/`.
 
 `--redis-appendfsync both` measures `always`, then `everysec`, each on a fresh stack with its
 own ceilings, and ends with the two side by side: what durability costs on this machine.
@@ -92,9 +94,12 @@ async def bench(settings: Settings, args: argparse.Namespace,
             redis_appendfsync=appendfsync) as stack:
         print(f"auth {stack.settings.auth}" + (
             f": this run's admin key is {stack.api_key}" if stack.api_key else ""), flush=True)
+        sample = work.sample(ceilings.SAMPLE_EVENTS)
         pg_ceiling = await asyncio.to_thread(
-            ceilings.postgres_ceiling, stack.settings.database_url, work.encoded)
-        xadd_ceiling = await ceilings.xadd_ceiling(stack.redis.url, work.encoded)
+            ceilings.postgres_ceiling, stack.settings.database_url, sample)
+        xadd_ceiling = await ceilings.xadd_ceiling(stack.redis.url, sample)
+        ceiling_events = len(sample)
+        del sample  # the run sends its events as a stream, made again from the seed
         meter = probes.CpuMeter(_processes(stack))
         samples: list[probes.Sample] = []
         stop_sampling = asyncio.Event()
@@ -123,14 +128,16 @@ async def bench(settings: Settings, args: argparse.Namespace,
             publish_ms={f"p{p}": sent.latency_ms(p) for p in (50, 95, 99)},
             batch_ms=report.percentiles(_batch_ms(stack)),
             postgres_ceiling=pg_ceiling, xadd_ceiling=xadd_ceiling,
+            ceiling_events=ceiling_events,
             counts={k: int(stats[k]) for k in ("received", "unique_processed",
                                                "duplicate_dropped", "dead_lettered",
                                                "pending")},
             exact=_exact(stats, work.unique_keys, sent.events_accepted),
             cpu_us_per_event={name: seconds * 1e6 / work.events
                               for name, seconds in meter.spent.items()},
-            peak_rss_mb={name: probes.peak_rss_mb(process.pid)
-                         for name, process in stack.processes.items()},
+            peak_rss_mb={**{name: probes.peak_rss_mb(process.pid)
+                            for name, process in stack.processes.items()},
+                         "load generator (this process)": probes.peak_rss_mb(os.getpid())},
             samples=samples,
         )
 
@@ -154,9 +161,9 @@ def _batch_ms(stack: LocalStack) -> list[float]:
     """Every consumer batch's duration, from the `batch_settled` lines of their logs."""
     values: list[float] = []
     for log in sorted((stack.data_dir / "logs").glob("consumer-*.log")):
-        for line in log.read_text().splitlines():
-            if '"batch_settled"' in line:
-                values.append(float(orjson.loads(line)["ms"]))
+        with log.open() as lines:  # a line at a time: a long run's logs are large
+            values.extend(float(orjson.loads(line)["ms"]) for line in lines
+                          if '"batch_settled"' in line)
     return values
 
 

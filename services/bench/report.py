@@ -27,6 +27,7 @@ class Result:
     batch_ms: dict[str, float | None]  # p50 / p95 / p99 of a consumer batch
     postgres_ceiling: float
     xadd_ceiling: float
+    ceiling_events: int  # both ceilings ran over the workload's first this many events
     counts: dict[str, int]
     exact: bool
     cpu_us_per_event: dict[str, float] = field(default_factory=dict)
@@ -61,6 +62,8 @@ def table(result: Result) -> str:
         ("accept rate", f"{result.accept_rate:,.0f} events/s"),
         # The end-to-end rate, then each ceiling of this same run and the ratio to it.
         ("end-to-end rate", f"{result.end_to_end_rate:,.0f} events/s"),
+        ("ceilings measured over", f"the first {result.ceiling_events:,} events "
+                                   "(a fixed-size sample, whatever the run's size)"),
         ("ceiling: PostgreSQL dedup insert", f"{result.postgres_ceiling:,.0f} events/s"),
         ("end_to_end / postgres ceiling", f"{ratios['end_to_end / postgres ceiling']:.2f}"),
         ("ceiling: pipelined XADD", f"{result.xadd_ceiling:,.0f} events/s"),

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import sys
 
 import orjson
 
 from services.publisher import simulator
-from services.publisher.sender import send
+from services.publisher.sender import batches, send
 from services.publisher.simulator import workload
 from shared.settings import Settings
 
@@ -49,11 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "can a flag)")
     parser.add_argument("--json", action="store_true",
                         help="print the report as one JSON object instead of a table")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="make the workload and cut it into request bodies as a run would, "
+                             "send nothing, and print its counts and the SHA-256 of the bodies "
+                             "(the same seed and arguments give the same digest)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         events = workload(args.events, args.duplicates, args.topics, args.seed)
+        if args.dry_run:
+            return _dry_run(events, args)
         report = asyncio.run(send(events, url=args.url, batch=args.batch,
                                   concurrency=args.concurrency, rate=args.rate,
                                   max_retries=args.max_retries,
@@ -65,6 +72,25 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if report.stopped:
         print(f"logagg publish: stopped: {report.stopped}", file=sys.stderr)
     return 0 if report.all_accepted else 1
+
+
+def _dry_run(events: simulator.Workload, args: argparse.Namespace) -> int:
+    """What a run would send, without sending it: counts, bytes and their digest."""
+    digest, requests, size = hashlib.sha256(), 0, 0
+    for body, _ in batches(events.encoded(), args.batch):
+        digest.update(body)
+        requests += 1
+        size += len(body)
+    figures = {"events": events.events, "unique_keys": events.unique_keys,
+               "duplicates": events.duplicates, "seed": events.seed, "requests": requests,
+               "bytes": size, "sha256": digest.hexdigest()}
+    if args.json:
+        print(orjson.dumps(figures).decode())
+    else:
+        width = max(len(name) for name in figures)
+        print("\n".join(f"{name.replace('_', ' '):<{width}}  {value}"
+                        for name, value in figures.items()))
+    return 0
 
 
 def _positive_int(text: str) -> int:

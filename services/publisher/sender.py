@@ -17,8 +17,10 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import aiohttp
@@ -33,6 +35,9 @@ _BACKOFF_BASE = 0.05  # seconds before the first retry, at most (full jitter)
 _BACKOFF_CAP = 5.0
 _RETRY_AFTER_CAP = 60.0  # a wrong header must not stall a run for hours
 _KEPT_ERRORS = 5  # rejections kept for the report; the rest only counted
+# Latencies are kept to the hundredth of a millisecond (what the report shows, and finer), as a
+# count per value: their memory grows with the values seen, not with the number of requests.
+_TICKS_PER_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +52,8 @@ class Report:
     unique_keys: int
     duplicates: int
     seconds: float
-    latencies_ms: tuple[float, ...]  # of the requests answered 202, in no particular order
+    # Of the requests answered 202: (latency in ms, to 0.01, how many requests took it), rising.
+    latencies_ms: tuple[tuple[float, int], ...]
     errors: tuple[str, ...]  # the first few rejections and give-ups, as "status error: message"
     stopped: str | None = None  # why the run stopped before the end (a 401 or 403), if it did
 
@@ -59,12 +65,19 @@ class Report:
     def all_accepted(self) -> bool:
         return self.events_failed == 0 and self.events_accepted == self.events
 
+    @property
+    def timed_requests(self) -> int:
+        """Requests answered 202, whose latency the report holds."""
+        return sum(count for _, count in self.latencies_ms)
+
     def latency_ms(self, percent: float) -> float | None:
         """Nearest-rank percentile of the successful requests' latency; None before any."""
-        if not self.latencies_ms:
-            return None
-        ranked = sorted(self.latencies_ms)
-        return ranked[max(math.ceil(percent / 100 * len(ranked)) - 1, 0)]
+        rank, seen = max(math.ceil(percent / 100 * self.timed_requests), 1), 0
+        for value, count in self.latencies_ms:
+            seen += count
+            if seen >= rank:
+                return value
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,7 +128,7 @@ async def send(workload: Workload, *, url: str, batch: int, concurrency: int, ra
     _check(url=url, batch=batch, concurrency=concurrency, rate=rate, max_retries=max_retries,
            timeout=timeout)
     tally = _Tally()
-    batches = _batches(workload.encoded, batch)
+    bodies = batches(workload.encoded(), batch)
     started = time.perf_counter()
     # One connection per worker at most: each worker has one request in flight.
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -127,7 +140,7 @@ async def send(workload: Workload, *, url: str, batch: int, concurrency: int, ra
                          keyed=bool(key))
         async with asyncio.TaskGroup() as workers:
             for _ in range(concurrency):
-                workers.create_task(sender.drain(batches))
+                workers.create_task(sender.drain(bodies))
     return tally.report(workload, time.perf_counter() - started)
 
 
@@ -143,15 +156,15 @@ def _check(*, url: str, batch: int, concurrency: int, rate: float | None, max_re
         raise ValueError(f"max_retries must be >= 0 and timeout > 0, not {max_retries}, {timeout}")
 
 
-def _batches(encoded: tuple[bytes, ...], size: int) -> Iterator[tuple[bytes, int]]:
-    """Request bodies and their event counts, in send order.
+def batches(encoded: Iterator[bytes], size: int) -> Iterator[tuple[bytes, int]]:
+    """Request bodies and their event counts, in send order, taken from the stream of events
+    `size` at a time: only the batches in flight are held, whatever the workload's size.
 
     Events are joined as they are, never re-serialized, so a re-send stays byte for byte the
     original. The workers share this one iterator: `next()` never awaits, so no two of them can
     take the same batch.
     """
-    for start in range(0, len(encoded), size):
-        chunk = encoded[start:start + size]
+    while chunk := list(islice(encoded, size)):
         yield b"[" + b",".join(chunk) + b"]", len(chunk)
 
 
@@ -163,7 +176,7 @@ class _Tally:
     accepted: int = 0
     failed: int = 0
     retries: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies: Counter[int] = field(default_factory=Counter)  # in ticks of 1/_TICKS_PER_MS ms
     errors: list[str] = field(default_factory=list)
     stopped: str | None = None  # set once: no batch is sent after it
 
@@ -178,7 +191,9 @@ class _Tally:
             events=workload.events, requests=self.requests, events_accepted=self.accepted,
             events_failed=self.failed, retries=self.retries, unique_keys=workload.unique_keys,
             duplicates=workload.duplicates, seconds=seconds,
-            latencies_ms=tuple(self.latencies_ms), errors=tuple(self.errors),
+            latencies_ms=tuple((ticks / _TICKS_PER_MS, count)
+                               for ticks, count in sorted(self.latencies.items())),
+            errors=tuple(self.errors),
             stopped=self.stopped,
         )
 
@@ -334,7 +349,7 @@ class _Sender:
             raise _Retry(f"{type(error).__name__}: {error}") from error
         if status != 202:
             raise _failure(status, headers, text)
-        self._tally.latencies_ms.append((time.perf_counter() - started) * 1000)
+        self._tally.latencies[round((time.perf_counter() - started) * 1000 * _TICKS_PER_MS)] += 1
         return _accepted(text)
 
 

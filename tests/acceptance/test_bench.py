@@ -34,6 +34,11 @@ def test_bench_reports_rates_latencies_ceilings_and_exact_counts(tmp_path: Path)
     assert data["counts"] == {"received": 3000, "unique_processed": 2100,
                               "duplicate_dropped": 900, "dead_lettered": 0, "pending": 0}
     assert data["postgres_ceiling"] > 0 and data["xadd_ceiling"] > 0
+    # The ceilings ran over a fixed-size sample, the first events: here all 3,000 of them.
+    assert data["ceiling_events"] == 3000
+    assert re.search(r"^ceilings measured over +the first 3,000 events \(a fixed-size sample",
+                     result.stdout, re.M)
+    assert data["peak_rss_mb"]["load generator (this process)"] > 0
     assert data["ratios"]["end_to_end / postgres ceiling"] > 0
     assert data["machine"]["cores"] == os.cpu_count()
     assert set(data["publish_ms"]) == {"p50", "p95", "p99"}

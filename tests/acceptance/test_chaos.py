@@ -180,7 +180,7 @@ class Chaos:
         """
         ingest = self.stack.processes["ingest"]
         port = self.stack.settings.ingest_port
-        body = b"[" + workload(1, 0.0, [PROBE_TOPIC], seed=self.seed).encoded[0] + b"]"
+        body = b"[" + workload(1, 0.0, [PROBE_TOPIC], seed=self.seed).sample(1)[0] + b"]"
         head = held_publish_head(self.stack, len(body))
         answered_before = publish_requests_answered(self.stack)
         window_opened = time.monotonic()

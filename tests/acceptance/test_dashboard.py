@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,9 @@ async def publish(stack: LocalStack, key: str, events: int, rate: float) -> int:
     work = workload(events, 0.3, list(DEFAULT_TOPICS), seed=3)
     accepted = 0
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    stream = work.encoded()
     async with aiohttp.ClientSession(headers=headers) as session:
-        for start in range(0, events, 100):
-            batch = work.encoded[start:start + 100]
+        while batch := list(islice(stream, 100)):
             async with session.post(f"{stack.base_url}/publish",
                                     data=b"[" + b",".join(batch) + b"]") as answer:
                 assert answer.status == 202, await answer.text()
