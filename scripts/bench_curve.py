@@ -25,25 +25,6 @@ import orjson
 POSTGRES = "postgres (all backends)"
 
 
-def tenth_rates(samples: list[dict[str, Any]], events: int) -> tuple[float, float]:
-    """Settled events per second over the first and over the last tenth of `events`."""
-    def when(count: float) -> float:
-        previous = {"seconds": 0.0, "settled": 0}
-        for sample in samples:
-            if sample["settled"] >= count:
-                span = sample["settled"] - previous["settled"]
-                share = (count - previous["settled"]) / span if span else 1.0
-                return float(previous["seconds"] + share * (sample["seconds"]
-                                                            - previous["seconds"]))
-            previous = sample
-        return float(samples[-1]["seconds"])
-
-    tenth = events / 10
-    first = tenth / max(when(tenth), 1e-9)
-    last = tenth / max(when(events) - when(events - tenth), 1e-9)
-    return first, last
-
-
 def run(size: int, results: Path, extra: list[str]) -> dict[str, Any]:
     folder = results / str(size)
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,7 +35,7 @@ def run(size: int, results: Path, extra: list[str]) -> dict[str, Any]:
     subprocess.run(command, check=False)
     [written] = set(folder.glob("*.json")) - before
     data: dict[str, Any] = orjson.loads(written.read_bytes())
-    first, last = tenth_rates(data["samples"], size)
+    first, last = data["tenths"]["first tenth"], data["tenths"]["last tenth"]
     return {"events": size, "end_to_end": data["end_to_end_rate"],
             "postgres_ceiling": data["postgres_ceiling"],
             "ratio": data["ratios"]["end_to_end / postgres ceiling"],

@@ -39,6 +39,32 @@ class Result:
         return {"end_to_end / postgres ceiling": self.end_to_end_rate / self.postgres_ceiling,
                 "end_to_end / xadd ceiling": self.end_to_end_rate / self.xadd_ceiling}
 
+    @property
+    def tenths(self) -> dict[str, float]:
+        """Settled events/s over the first and over the last tenth of the run's events, and
+        last / first: whether the pipeline slows as history grows (issue 12 wants >= 0.8)."""
+        first, last = tenth_rates(self.samples, int(self.workload["events"]))
+        return {"first tenth": first, "last tenth": last, "last / first": last / first}
+
+
+def tenth_rates(samples: list[Sample], events: int) -> tuple[float, float]:
+    """Settled events per second over the first and over the last tenth of `events`, from
+    the samples of the settled count (interpolated between samples)."""
+    def when(count: float) -> float:
+        before = Sample(0.0, 0, 0, 0)
+        for sample in samples:
+            if sample.settled >= count:
+                span = sample.settled - before.settled
+                share = (count - before.settled) / span if span else 1.0
+                return before.seconds + share * (sample.seconds - before.seconds)
+            before = sample
+        return samples[-1].seconds if samples else 0.0
+
+    tenth = events / 10
+    first = tenth / max(when(tenth), 1e-9)
+    last = tenth / max(when(events) - when(events - tenth), 1e-9)
+    return first, last
+
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
     ranked = sorted(values)
@@ -70,6 +96,8 @@ def table(result: Result) -> str:
         ("end_to_end / xadd ceiling", f"{ratios['end_to_end / xadd ceiling']:.2f}"),
         ("publish latency p50/p95/p99", f"{ms(result.publish_ms)} ms"),
         ("consumer batch p50/p95/p99", f"{ms(result.batch_ms)} ms"),
+        ("settled/s: first tenth, last tenth", "{:,.0f}, {:,.0f} (last / first {:.2f})".format(
+            *result.tenths.values())),
         ("counts", ("exact " if result.exact else "OFF ") + str(result.counts)),
         *((f"CPU µs/event: {name}", f"{us:.1f}") for name, us in result.cpu_us_per_event.items()),
         *((f"peak RSS MB: {name}", f"{mb:.0f}") for name, mb in result.peak_rss_mb.items()),
@@ -130,7 +158,8 @@ def save(result: Result, folder: Path, extra: dict[str, Any]) -> tuple[Path, Pat
     """Write `<stamp>.json` and `<stamp>.png` into `folder`; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    data = {**asdict(result), "ratios": result.ratios, "machine": machine(), **extra}
+    data = {**asdict(result), "ratios": result.ratios, "tenths": result.tenths,
+            "machine": machine(), **extra}
     json_path = folder / f"{stamp}.json"
     json_path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     png_path = folder / f"{stamp}.png"
