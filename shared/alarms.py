@@ -22,7 +22,11 @@ GROUP_LOST = "group_lost"
 # Nothing pending, yet received != unique_processed + duplicate_dropped + dead_lettered.
 BALANCE_DRIFT = "balance_drift"
 
-KINDS = (BROKER_HISTORY_LOST, GROUP_LOST, BALANCE_DRIFT)
+# The broker's maxmemory-policy may evict the stream: at its memory limit it would delete
+# accepted entries instead of refusing new ones.
+BROKER_MAY_EVICT = "broker_may_evict"
+
+KINDS = (BROKER_HISTORY_LOST, GROUP_LOST, BALANCE_DRIFT, BROKER_MAY_EVICT)
 
 
 async def raise_alarm(store: Store, kind: str, message: str) -> None:
