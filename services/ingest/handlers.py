@@ -128,9 +128,11 @@ async def append(app: web.Application, events: list[bytes]) -> None:
     backlog, stream = app[BACKLOG], app[STREAM]
     if backlog.stale(time.monotonic()):
         pending = await stream.pending() if backlog.limit else 0
-        size = await stream.memory_usage() if backlog.bytes_limit else 0
-        backlog.refreshed(pending, time.monotonic(), size)
-        STREAM_MEMORY.set(size)
+        memory = 0
+        if backlog.bytes_limit:
+            memory = await stream.memory_usage()
+            STREAM_MEMORY.set(memory)
+        backlog.refreshed(pending, time.monotonic(), memory)
     size = sum(map(len, events))
     if not backlog.admits(len(events), size):
         over = (f"MAX_BACKLOG_BYTES ({backlog.bytes_limit} bytes of stream memory)"
