@@ -30,8 +30,12 @@ DEDUP_WINDOW_MISSED = "dedup_window_missed"
 # was made for it in time (housekeeping makes them ahead, at every consumer's start too).
 RETENTION_MISPLACED = "retention_misplaced"
 
+# The broker's maxmemory-policy may evict the stream: at its memory limit it would delete
+# accepted entries instead of refusing new ones.
+BROKER_MAY_EVICT = "broker_may_evict"
+
 KINDS = (BROKER_HISTORY_LOST, GROUP_LOST, BALANCE_DRIFT, DEDUP_WINDOW_MISSED,
-         RETENTION_MISPLACED)
+         RETENTION_MISPLACED, BROKER_MAY_EVICT)
 
 
 async def raise_alarm(store: Store, kind: str, message: str) -> None:

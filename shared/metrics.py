@@ -45,6 +45,11 @@ STREAM_UNACKED = Gauge(
     "logagg_stream_unacked_entries", "Entries delivered to a consumer and not acked yet.")
 STREAM_LAG = Gauge(
     "logagg_stream_lag_entries", "Entries in the stream not delivered to the group yet.")
+STREAM_MEMORY = Gauge(
+    "logagg_stream_memory_bytes",
+    "Memory Redis uses for the stream (MEMORY USAGE, sampled), as ingest last read it: "
+    "unsettled entries, settled ones not trimmed yet, the pending list. MAX_BACKLOG_BYTES "
+    "bounds it.")
 OLDEST_UNACKED_AGE = Gauge(
     "logagg_oldest_unacked_age_seconds",
     "Time since the oldest unacked entry was appended; 0 when nothing is unacked.")

@@ -48,6 +48,10 @@ class Settings:
     log_format: str = "auto"  # json | text | auto (text on a terminal, JSON lines otherwise)
     # Beyond SPEC §1: backpressure and stream upkeep.
     max_backlog: int = 500_000  # entries pending or undelivered before ingest answers 503; 0: off
+    # Bytes of Redis memory the stream may take before ingest answers 503 (MEMORY USAGE of
+    # the stream's key, services/ingest/backpressure.py); 0: off. 1 GiB: 500,000 entries of
+    # about 2 KB, so the entries limit comes first for ordinary events, this one for large.
+    max_backlog_bytes: int = 1024 ** 3
     # The edge: how long a client may take and how much of ingest it may hold
     # (services/ingest/server.py). A new connection has HEADER_TIMEOUT_MS to send its first
     # request's headers; a kept-alive one KEEPALIVE_TIMEOUT_MS after an answer for the next
@@ -159,6 +163,9 @@ class Settings:
         if self.max_backlog < 0:
             raise ConfigurationError(f"MAX_BACKLOG must be 0 (no limit) or more, "
                                      f"got {self.max_backlog}")
+        if self.max_backlog_bytes < 0:
+            raise ConfigurationError(f"MAX_BACKLOG_BYTES must be 0 (no limit) or more, "
+                                     f"got {self.max_backlog_bytes}")
         if self.max_topics < 0:
             raise ConfigurationError(f"MAX_TOPICS must be 0 (no limit) or more, "
                                      f"got {self.max_topics}")

@@ -351,6 +351,23 @@ class Stream:
                 return []
         return [_text(name) for name in removed]
 
+    async def memory_usage(self) -> int:
+        """Bytes Redis uses for the stream's key (MEMORY USAGE with its default 5 samples: a
+        few of the stream's nodes, extrapolated, at a cost that does not grow with the
+        stream); 0 when there is no stream."""
+        with broker_errors():
+            return int(await self.redis.memory_usage(self.key) or 0)
+
+    async def eviction_policy(self) -> str | None:
+        """Redis's `maxmemory-policy`; None where CONFIG is not allowed (managed services)."""
+        with broker_errors():
+            try:
+                reply = await self.redis.config_get("maxmemory-policy")
+            except ResponseError:
+                return None
+        policy = reply.get("maxmemory-policy")
+        return None if policy is None else _text(policy)
+
     async def ping(self) -> None:
         with broker_errors():
             await self.redis.ping()

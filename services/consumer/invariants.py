@@ -20,6 +20,12 @@
   claimed, settled and passed by the floor, which is no fault.) Its key is stored if it is new
   (the store never drops an unsettled key), but a copy of a stored key cannot be told from a
   redelivery there and is not counted. Alarm `broker_history_lost`.
+- **The broker does not evict.** A `maxmemory-policy` of `allkeys-*` lets Redis, at its
+  `maxmemory`, delete any key: the stream with entries answered 202, the `received` count, the
+  group. logagg starts Redis with `noeviction` (services/stack/servers.py, Compose); a Redis it
+  did not start is asked (CONFIG GET, skipped where CONFIG is not allowed). `volatile-*`
+  policies only evict keys with a time to live, which logagg gives only to rate-limit tokens.
+  Alarm `broker_may_evict`, raised before any loss: it says the guarantee is not kept.
 - **The balance holds.** Whenever a consistent snapshot shows nothing pending,
   received == unique_processed + duplicate_dropped + dead_lettered. Alarm `balance_drift`.
 
@@ -34,6 +40,7 @@ from shared import snapshot
 from shared.alarms import (
     BALANCE_DRIFT,
     BROKER_HISTORY_LOST,
+    BROKER_MAY_EVICT,
     DEDUP_WINDOW_MISSED,
     GROUP_LOST,
     RETENTION_MISPLACED,
@@ -46,6 +53,17 @@ from shared.stream import Stream
 # How a broker goes back in its history (the README's failure table, row 18).
 CAUSES = ("restored from an older file, a crash with appendfsync everysec, a failover to a "
           "replica that was behind")
+
+
+async def check_eviction_policy(stream: Stream, store: Store) -> None:
+    """Alarm when the broker may evict the stream at its memory limit (`allkeys-*`)."""
+    policy = await stream.eviction_policy()
+    if policy is not None and policy.startswith("allkeys-"):
+        await raise_alarm(store, BROKER_MAY_EVICT, (
+            f"the broker's maxmemory-policy is {policy}: at its maxmemory it deletes keys, "
+            f"entries of stream {stream.key!r} accepted and not yet stored among them; set "
+            f"maxmemory-policy noeviction (then ingest answers 503 there instead), and clear "
+            f"this alarm"))
 
 
 async def ensure_group(stream: Stream, store: Store) -> None:
@@ -66,6 +84,7 @@ async def ensure_group(stream: Stream, store: Store) -> None:
 
 
 async def check_broker_history(stream: Stream, store: Store) -> None:
+    await check_eviction_policy(stream, store)
     await _check_mark(stream, store)
     high = await store.settled_high()
     floor = await store.floor()

@@ -48,7 +48,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with opened(settings, INGEST) as clients:
         app[STREAM], app[STORE] = clients.stream, clients.store
-        app[BACKLOG] = Backlog(settings.max_backlog)
+        app[BACKLOG] = Backlog(settings.max_backlog, bytes_limit=settings.max_backlog_bytes)
         app[RATE_LIMITS] = RateLimits(clients.stream.redis, settings.stream_key)
         if settings.auth == "off":
             app[KEYRING] = None

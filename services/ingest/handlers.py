@@ -26,7 +26,13 @@ from services.ingest.keys import BACKLOG, RATE_LIMITS, SETTINGS, STARTED, STORE,
 from services.ingest.topics import admit_topics
 from shared import cursor, snapshot
 from shared.exceptions import BrokerUnavailable, InvalidCursor, StoreUnavailable, Unavailable
-from shared.metrics import EVENTS_ACCEPTED, PUBLISH_SECONDS, record_alarms, record_group_state
+from shared.metrics import (
+    EVENTS_ACCEPTED,
+    PUBLISH_SECONDS,
+    STREAM_MEMORY,
+    record_alarms,
+    record_group_state,
+)
 from shared.paths import OPENAPI_FILE, STATIC_DIR
 
 logger = logging.getLogger(__name__)
@@ -119,15 +125,22 @@ async def admit(request: web.Request, events: list[dict[str, Any]]) -> None:
 async def append(app: web.Application, events: list[bytes]) -> None:
     """Append valid, serialized events to the stream, unless the backlog is full (503
     `backlog_full`)."""
-    backlog = app[BACKLOG]
+    backlog, stream = app[BACKLOG], app[STREAM]
     if backlog.stale(time.monotonic()):
-        backlog.refreshed(await app[STREAM].pending(), time.monotonic())
-    if not backlog.admits(len(events)):
-        raise ApiError(503, "backlog_full",
-                       f"the backlog is over MAX_BACKLOG ({backlog.limit} events); retry later",
+        pending = await stream.pending() if backlog.limit else 0
+        memory = 0
+        if backlog.bytes_limit:
+            memory = await stream.memory_usage()
+            STREAM_MEMORY.set(memory)
+        backlog.refreshed(pending, time.monotonic(), memory)
+    size = sum(map(len, events))
+    if not backlog.admits(len(events), size):
+        over = (f"MAX_BACKLOG_BYTES ({backlog.bytes_limit} bytes of stream memory)"
+                if backlog.over_bytes(size) else f"MAX_BACKLOG ({backlog.limit} events)")
+        raise ApiError(503, "backlog_full", f"the backlog is over {over}; retry later",
                        headers={"Retry-After": "2"})
-    await app[STREAM].publish(events)
-    backlog.added(len(events))
+    await stream.publish(events)
+    backlog.added(len(events), size)
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -240,6 +253,7 @@ async def metrics(request: web.Request) -> web.Response:
     # leaves the last values, and the scrape still succeeds.
     with contextlib.suppress(BrokerUnavailable):
         record_group_state(await request.app[STREAM].group_state())
+        STREAM_MEMORY.set(await request.app[STREAM].memory_usage())
     with contextlib.suppress(StoreUnavailable):
         record_alarms(await request.app[STORE].alarms())
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -51,6 +51,11 @@ START_TIMEOUT_S = 60.0
 # acknowledged commands too. `no` leaves the flushing to the kernel.
 APPENDFSYNC_POLICIES = ("always", "everysec", "no")
 DEFAULT_APPENDFSYNC = "always"
+# Redis's answer when it reaches `maxmemory`: `noeviction` refuses writes (ingest answers 503),
+# where any other policy would delete keys, stream entries already answered 202 among them.
+# Pinned wherever logagg starts Redis; consumers raise an alarm on a Redis that evicts
+# (services/consumer/invariants.py).
+MAXMEMORY_POLICY = "noeviction"
 
 
 def free_port() -> int:
@@ -268,6 +273,7 @@ class RedisServer:
             str(self.binaries.path), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.data_dir), "--appendonly", "yes",
             "--appendfsync", self.appendfsync, "--save", "", "--logfile", str(log),
+            "--maxmemory-policy", MAXMEMORY_POLICY,
         ]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, start_new_session=True)
@@ -316,7 +322,7 @@ class PostgresServer:
         self._init(user)
         log = self.data_dir / "postgres.log"
         options = {"listen_addresses": "127.0.0.1", "unix_socket_directories": str(self.data_dir),
-                   "max_connections": "200"}
+                   "max_connections": "200", **postgres_tuning(self._wal_compression(user))}
         if not self.durable:
             options |= {"fsync": "off", "full_page_writes": "off"}
         command = [str(self.binaries.path / "postgres"), "-D", str(self.data_dir / "pgdata"),
@@ -327,6 +333,15 @@ class PostgresServer:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=out, user=user, start_new_session=True)
         self._wait_ready(log)
+
+    def _wal_compression(self, user: str | None) -> str:
+        """`lz4` when this PostgreSQL was built with it (asked of the binary, with the cluster
+        just made), else `on` (pglz, always there)."""
+        probe = subprocess.run(
+            [str(self.binaries.path / "postgres"), "-D", str(self.data_dir / "pgdata"),
+             "-C", "wal_compression", "-c", "wal_compression=lz4"],
+            capture_output=True, user=user, check=False)
+        return "lz4" if probe.returncode == 0 else "on"
 
     def _init(self, user: str | None) -> None:
         pgdata = self.data_dir / "pgdata"
@@ -373,6 +388,49 @@ class PostgresServer:
     def kill(self) -> None:
         """Kill the postmaster and every backend at once, as a crash or `docker kill` would."""
         _stop(self.process, signal.SIGKILL, group=True)
+
+
+# Server settings for history that grows (issue 12: a 20M-event bench, whose dedup btree and
+# events tables outgrow PostgreSQL's defaults). Durability is untouched: fsync and
+# full_page_writes stay on, except in the tests' throwaway clusters (`durable=False`).
+SHARED_BUFFERS_SHARE = 4  # a quarter of the machine's memory ...
+SHARED_BUFFERS_CAP = 2 * 1024 ** 3  # ... at most 2 GiB ...
+SHARED_BUFFERS_FLOOR = 128 * 1024 ** 2  # ... and never under PostgreSQL's default, 128 MB
+
+
+def shared_buffers_bytes(memory_bytes: int) -> int:
+    """PostgreSQL's own cache: a quarter of memory (the usual guidance, leaving the rest to the
+    kernel's page cache, which PostgreSQL reads through too, and to Redis and logagg), capped at
+    2 GiB, which holds the hot part of the dedup index and of the events' newest pages for tens
+    of millions of events; never below PostgreSQL's default of 128 MB."""
+    return max(SHARED_BUFFERS_FLOOR, min(SHARED_BUFFERS_CAP, memory_bytes // SHARED_BUFFERS_SHARE))
+
+
+def machine_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def postgres_tuning(wal_compression: str, memory_bytes: int | None = None) -> dict[str, str]:
+    """The settings logagg's own PostgreSQL runs with (the README's "PostgreSQL settings";
+    docker-compose.yml's postgres command sets the same, with a fixed shared_buffers)."""
+    memory = machine_memory() if memory_bytes is None else memory_bytes
+    return {
+        # In 8 kB pages' multiples, as PostgreSQL takes it: "<n>kB".
+        "shared_buffers": f"{shared_buffers_bytes(memory) // 1024}kB",
+        # The default 1GB forces a checkpoint every 1 GB of WAL under a steady insert load,
+        # and each checkpoint makes the next change of every page write that whole page
+        # again (full_page_writes). 8GB spaces them out; the WAL on disk grows to about this.
+        "max_wal_size": "8GB",
+        # With max_wal_size this high, time decides: a checkpoint every 15 min at most (the
+        # default is 5) halves full-page writes again; crash recovery replays at most that much.
+        "checkpoint_timeout": "15min",
+        # Full-page images compressed: less WAL written and fsynced per event.
+        "wal_compression": wal_compression,
+        # The events and dedup tables mostly grow by inserts: vacuum them after 5% new rows
+        # instead of 20%, so the visibility map stays current (index-only scans of the dedup
+        # index) and freezing is done in small steps, not in one large pass.
+        "autovacuum_vacuum_insert_scale_factor": "0.05",
+    }
 
 
 def _stop(process: subprocess.Popen[bytes] | None, signum: int, *, group: bool = False) -> None:

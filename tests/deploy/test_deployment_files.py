@@ -600,6 +600,26 @@ def test_logagg_up_demo_and_bench_default_to_the_compose_appendfsync(
         assert _parser().parse_args([command]).redis_appendfsync == compose_default, command
 
 
+def test_redis_refuses_writes_at_its_memory_limit_instead_of_evicting_as_logagg_up_does(
+        default_model: dict[str, Any]) -> None:
+    from services.stack.servers import MAXMEMORY_POLICY
+
+    assert redis_options(default_model)["--maxmemory-policy"] == MAXMEMORY_POLICY == "noeviction"
+
+
+def test_compose_postgres_runs_with_logagg_up_s_settings_but_a_fixed_shared_buffers(
+        default_model: dict[str, Any]) -> None:
+    from services.stack.servers import postgres_tuning
+
+    command = default_model["services"]["postgres"]["command"]
+    assert command[0] == "postgres" and command[1::2] == ["-c"] * (len(command) // 2)
+    settings = dict(option.split("=", 1) for option in command[2::2])
+    assert settings.pop("shared_buffers") == "1GB"
+    expected = postgres_tuning("lz4")
+    del expected["shared_buffers"]
+    assert settings == expected
+
+
 def test_images_are_pinned_to_exact_versions(observability_model: dict[str, Any]) -> None:
     for name, service in observability_model["services"].items():
         if name in LOGAGG_SERVICES:

@@ -1,4 +1,5 @@
-"""Backpressure: past MAX_BACKLOG unsettled entries, ingest answers 503 and enqueues nothing."""
+"""Backpressure: past MAX_BACKLOG unsettled entries, or MAX_BACKLOG_BYTES of stream memory,
+ingest answers 503 and enqueues nothing."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from shared.stream import Stream
 from tests.helpers import api_client, event, eventually, run_until_drained
 
 
-async def post(client: TestClient[Any, Any], count: int, prefix: str) -> Any:
-    body = orjson.dumps([event(f"{prefix}{i}") for i in range(count)])
+async def post(client: TestClient[Any, Any], count: int, prefix: str, pad: int = 0) -> Any:
+    events = [event(f"{prefix}{i}") for i in range(count)]
+    for one in events:
+        one["payload"]["pad"] = "x" * pad
+    body = orjson.dumps(events)
     return await client.post("/publish", data=body, headers={"Content-Type": "application/json"})
 
 
@@ -47,3 +51,39 @@ async def test_no_limit_when_max_backlog_is_zero(settings: Settings, redis: Redi
         for batch in range(3):
             assert (await post(client, 500, f"{batch}-")).status == 202
     assert await redis.xlen(settings.stream_key) == 1500
+
+
+async def test_ingest_answers_503_while_the_stream_s_memory_is_over_max_backlog_bytes(
+        settings: Settings, stream: Stream, store: Store, redis: Redis) -> None:
+    """Five events of about 2 KB fit under 16 KiB, five more would not: refused, nothing of
+    them enqueued; once the backlog is settled and trimmed, events are accepted again."""
+    limited = dataclasses.replace(settings, max_backlog=0, max_backlog_bytes=16 * 1024)
+    async with api_client(limited) as client:
+        assert (await post(client, 5, "a", pad=2000)).status == 202
+        assert await redis.memory_usage(settings.stream_key) > 5 * 2000
+        refused = await post(client, 5, "b", pad=2000)
+        assert refused.status == 503
+        assert refused.headers["Retry-After"] == "2"
+        assert (await refused.json())["error"] == "backlog_full"
+        assert "MAX_BACKLOG_BYTES" in (await refused.json())["message"]
+        assert await redis.xlen(settings.stream_key) == 5
+        assert await stream.received() == 5
+
+        await run_until_drained(settings, stream, store)
+        await stream.trim_settled()  # as housekeeping does every 5 s
+
+        async def accepted() -> bool:
+            return bool((await post(client, 5, "c", pad=2000)).status == 202)
+
+        await eventually(accepted, what="publish accepted again")
+    assert await stream.received() == 10
+
+
+async def test_metrics_show_the_stream_s_memory(
+        settings: Settings, redis: Redis) -> None:
+    async with api_client(settings) as client:
+        assert (await post(client, 5, "a", pad=2000)).status == 202
+        text = await (await client.get("/metrics")).text()
+    [line] = [line for line in text.splitlines()
+              if line.startswith("logagg_stream_memory_bytes ")]
+    assert float(line.split()[1]) == await redis.memory_usage(settings.stream_key)

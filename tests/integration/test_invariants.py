@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 
 from services.cli import main
 from services.consumer import invariants
+from services.stack.servers import RedisServer
 from shared.constants import mark_key, received_key
 from shared.entries import StreamId
 from shared.settings import Settings
@@ -193,3 +195,25 @@ async def test_a_batch_held_past_claim_idle_ms_and_settled_by_others_raises_no_a
     patient = consumer(settings, stream, store, "slow", claim_idle_ms=60_000)
     await patient.handle(held, asyncio.Event(), read_at=time.monotonic())
     assert await alarm_kinds(store) == ["broker_history_lost"]
+
+
+@pytest.mark.parametrize(("policy", "alarmed"), [
+    ("allkeys-lru", True), ("allkeys-random", True), ("volatile-lru", False),
+    ("noeviction", False)])
+async def test_a_broker_that_may_evict_the_stream_raises_broker_may_evict(
+        settings: Settings, store: Store, scratch: Path, policy: str, alarmed: bool) -> None:
+    """A Redis logagg did not start (its own, so the session's is left as it is)."""
+    server = RedisServer(scratch / f"evicting-{policy}")
+    server.start()
+    client = Redis.from_url(server.url)
+    try:
+        await client.config_set("maxmemory-policy", policy)
+        stream = Stream(client, key=settings.stream_key, group=settings.consumer_group)
+        await invariants.check_broker_history(stream, store)
+        alarms = {alarm.kind: alarm.message for alarm in await store.alarms()}
+        assert list(alarms) == (["broker_may_evict"] if alarmed else [])
+        if alarmed:
+            assert f"maxmemory-policy is {policy}" in alarms["broker_may_evict"]
+    finally:
+        await client.aclose()
+        server.stop()

@@ -30,6 +30,7 @@ def test_valkey_and_postgresql_from_pip_start_with_our_options_and_serve_logagg(
         assert client.info("server")["valkey_version"].startswith("9.")
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         assert client.xadd("events", {"event": "{}"}) == client.xrange("events")[0][0]
 
         migrate(store.url("logagg"))
@@ -38,3 +39,8 @@ def test_valkey_and_postgresql_from_pip_start_with_our_options_and_serve_logagg(
                                "count(*) FROM events").fetchone()
         assert row is not None
         assert (row[0] // 10000, row[1]) == (18, 0)
+        with psycopg.connect(store.url()) as conn:
+            shown = {name: str((conn.execute(f"SHOW {name}").fetchone() or [""])[0])
+                     for name in ("max_wal_size", "checkpoint_timeout", "wal_compression")}
+        assert shown["max_wal_size"] == "8GB" and shown["checkpoint_timeout"] == "15min"
+        assert shown["wal_compression"] in {"lz4", "on", "pglz"}  # PostgreSQL 18 shows on as pglz

@@ -74,3 +74,25 @@ def test_what_this_process_appends_counts_until_the_next_reading() -> None:
     assert not backlog.admits(3)
     backlog.added(2)
     assert not backlog.admits(1)
+
+
+def test_the_bytes_limit_alone_makes_the_backlog_read_and_refuses_past_it() -> None:
+    backlog = Backlog(0, bytes_limit=1000)
+    assert backlog.stale(0.0)
+    backlog.refreshed(10**9, 0.0, size=600)
+    assert backlog.admits(10**6, 400)
+    assert not backlog.admits(1, 401)
+    assert backlog.over_bytes(401)
+
+
+def test_either_limit_refuses_and_the_bytes_appended_count_until_the_next_reading() -> None:
+    backlog = Backlog(10, bytes_limit=1000)
+    backlog.refreshed(5, 0.0, size=500)
+    assert not backlog.admits(6, 1)  # entries
+    assert not backlog.over_bytes(1)
+    assert not backlog.admits(1, 501)  # bytes
+    backlog.added(1, 500)
+    assert not backlog.admits(1, 1)
+    assert backlog.over_bytes(1)
+    backlog.refreshed(0, 1.0, size=0)
+    assert backlog.admits(10, 1000)

@@ -36,6 +36,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
 # Settings the issues added beyond the SPEC table, with their documented defaults.
 EXTRA_DEFAULTS: dict[str, Any] = {
     "max_backlog": 500_000,
+    "max_backlog_bytes": 1024 ** 3,  # issue 12: Redis bounded in bytes too
     # the edge (services/ingest/server.py)
     "header_timeout_ms": 10_000,
     "body_timeout_ms": 30_000,
@@ -81,6 +82,7 @@ OTHER_VALUES: dict[str, tuple[str, Any]] = {
     "max_event_bytes": ("65536", 65536),
     "log_level": ("DEBUG", "DEBUG"),
     "max_backlog": ("1000", 1000),
+    "max_backlog_bytes": ("65536", 65536),
     "header_timeout_ms": ("2000", 2000),
     "body_timeout_ms": ("5000", 5000),
     "keepalive_timeout_ms": ("3000", 3000),
@@ -310,6 +312,12 @@ def test_a_read_brings_batch_size_entries_or_fewer_to_stay_within_batch_bytes(
                                  max_event_bytes=max_event_bytes)
     assert settings.read_count == count
     assert settings.read_count * settings.max_event_bytes <= settings.batch_bytes
+
+
+def test_max_backlog_bytes_zero_means_no_limit_and_a_negative_one_is_an_error() -> None:
+    assert Settings.from_env({"MAX_BACKLOG_BYTES": "0"}).max_backlog_bytes == 0
+    with pytest.raises(ConfigurationError, match="MAX_BACKLOG_BYTES"):
+        Settings.from_env({"MAX_BACKLOG_BYTES": "-1"})
 
 
 def test_max_event_bytes_is_at_most_one_mebibyte() -> None:
