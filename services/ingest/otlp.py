@@ -85,14 +85,22 @@ def encoding(request: web.Request) -> str:
 
 class Decoded(NamedTuple):
     message: ExportLogsServiceRequest
-    # For a JSON body: each record's attributes and body as its event has them, where the
-    # JSON said them plainly (None, UNREAD: read them from the message).
-    hints: list[tuple[dict[str, Any] | None, Any]] | None = None
+    # For a JSON body: for each record, in order, what `_plain_record` made of it (its message
+    # in `message` is then an empty stand-in), or None (its message is the record).
+    hints: list[_Plain | None] | None = None
 
 
 def decode(body: bytes, media_type: str) -> ExportLogsServiceRequest:
-    """The export request the body holds, or 400 `invalid_body`."""
-    return read(body, media_type).message
+    """The export request the body holds, every record in its message (for JSON, those read
+    by `_plain_record` built again the general way); or 400 `invalid_body`."""
+    message, hints = read(body, media_type)
+    if hints:
+        stand_ins = (record for resource in message.resource_logs
+                     for scope in resource.scope_logs for record in scope.log_records)
+        for record, hint in zip(stand_ins, hints, strict=True):
+            if hint is not None:
+                record.CopyFrom(LogRecord(**_from_json(_LOG_RECORD, hint.json, hint.depth)))
+    return message
 
 
 def read(body: bytes, media_type: str) -> Decoded:
@@ -102,54 +110,20 @@ def read(body: bytes, media_type: str) -> Decoded:
     try:
         if media_type == PROTOBUF:
             message.ParseFromString(body)
+            message.DiscardUnknownFields()  # the digest of a record is that of what we read
         else:
             kwargs = _from_json(_REQUEST, orjson.loads(body))
-            message = ExportLogsServiceRequest(**kwargs)
-            hints = _hints(kwargs)
+            message = ExportLogsServiceRequest(**kwargs)  # built: no unknown fields
+            hints = [record if type(record) is _Plain else None
+                     for resource in kwargs.get("resource_logs", ())
+                     for scope in resource.get("scope_logs", ())
+                     for record in scope.get("log_records", ())]
     except (DecodeError, orjson.JSONDecodeError, ValueError, TypeError, KeyError,
             AttributeError, RecursionError, binascii.Error) as error:
         raise ApiError(400, "invalid_body",
                        f"the body is not an OTLP ExportLogsServiceRequest in {media_type}: "
                        f"{str(error)[:300]}") from None
-    message.DiscardUnknownFields()  # the digest of a record is that of what we read of it
     return Decoded(message, hints)
-
-
-UNREAD = object()
-
-
-def _hints(request: dict[str, Any]) -> list[tuple[dict[str, Any] | None, Any]]:
-    """What the event of each record of a JSON request will have for its attributes and its
-    body, taken from the constructors' arguments (the message was built from them: a string is
-    a `str` and an integer an `int`) where these are only strings and integers; None and
-    UNREAD where not. Spares `record_json` reading them back from the message."""
-    return [(_attributes_hint(record.get("attributes", ())), _value_hint(record.get("body")))
-            for resource in request.get("resource_logs", ())
-            for scope in resource.get("scope_logs", ())
-            for record in scope.get("log_records", ())]
-
-
-def _value_hint(value: dict[str, Any] | None) -> Any:
-    if value is None:
-        return None  # no body: an empty AnyValue
-    if len(value) == 1:
-        if "string_value" in value:
-            return value["string_value"]
-        if "int_value" in value:
-            return value["int_value"]
-    return UNREAD
-
-
-def _attributes_hint(pairs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    attributes = {}
-    for pair in pairs:
-        if len(pair) != 2 or "key" not in pair or "value" not in pair:
-            return None
-        value = _value_hint(pair["value"])
-        if value is UNREAD:
-            return None
-        attributes[pair["key"]] = value
-    return attributes
 
 
 # OTLP's JSON to the messages' constructors, which take nested dicts and build the messages in
@@ -251,6 +225,204 @@ def _key_value(pair: Any, depth: int) -> dict[str, Any]:
     return _from_json(_KEY_VALUE, pair, depth + 1)
 
 
+# The records most requests are made of, read straight into their event's payload and their
+# serialization (for the digest), their messages not built: a record of known fields of the
+# plain types (strings, integers in range, hex ids, severity by number or name) whose body
+# and attribute values are strings, integers, booleans or finite doubles. The serialization
+# is protobuf's deterministic one of the record the general way builds (fields by number,
+# zero values left out: tests/unit/test_otlp.py checks it against protobuf's, with
+# Hypothesis). Any other record goes the general way.
+_LOG_RECORD = LogRecord.DESCRIPTOR
+
+
+class _Plain(dict[str, Any]):
+    """A record read by `_plain_record`: an empty dict, so that its message is built as an
+    empty stand-in (the request keeps its count and order), with what was read of it."""
+
+    __slots__ = ("depth", "json", "nanos", "payload", "serialized")
+    payload: dict[str, Any]  # as `record_json` reads it from the record's message
+    serialized: bytes  # as the message's SerializeToString(deterministic=True)
+    nanos: int  # time_unix_nano, else observed_time_unix_nano
+    json: dict[str, Any]  # the record's JSON, to build its message (`decode`)
+    depth: int
+
+
+def _log_record(value: Any, depth: int) -> dict[str, Any]:
+    plain = _plain_record(value) if type(value) is dict else None
+    if plain is None:
+        return _from_json(_LOG_RECORD, value, depth + 1)
+    plain.json, plain.depth = value, depth + 1
+    return plain
+
+
+_SEVERITIES = {value.name: value.number
+               for value in _LOG_RECORD.fields_by_name["severity_number"].enum_type.values}
+_U32, _U64, _I64 = 2**32, 2**64, 2**63
+_FIXED64 = struct.Struct("<Q").pack
+_FIXED32 = struct.Struct("<I").pack
+_DOUBLE = struct.Struct("<d").pack
+
+
+def _varint(number: int) -> bytes:
+    if number < 0x80:
+        return _BYTES[number]
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+_BYTES = [bytes((i,)) for i in range(0x80)]
+
+
+def _unsigned(value: Any, limit: int) -> int | None:
+    """A plain unsigned integer below `limit` (a number, or digits in a string; null is 0),
+    else None."""
+    if type(value) is str:
+        if value.isdigit() and value.isascii():
+            number = int(value)
+            return number if number < limit else None
+        return None
+    if value is None:
+        return 0
+    if type(value) is int and 0 <= value < limit:
+        return value
+    return None
+
+
+def _plain_value(value: Any) -> tuple[Any, bytes] | None:
+    """An AnyValue of one plain value but a string: as `any_value_json` reads it, and
+    serialized. (`_plain_record` reads strings.)"""
+    if type(value) is not dict or len(value) != 1:
+        return None
+    for key, item in value.items():
+        if key == "intValue":
+            number: int | None
+            if type(item) is int:
+                number = item if -_I64 <= item < _I64 else None
+            else:
+                number = _unsigned(item, _I64) if type(item) is str else None
+            if number is not None:
+                return number, b"\x18" + _varint(number % _U64)
+        elif key == "boolValue" and type(item) is bool:
+            return item, b"\x10\x01" if item else b"\x10\x00"
+        elif key == "doubleValue" and type(item) is float and math.isfinite(item):
+            return item, b"\x21" + _DOUBLE(item)
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _key_field(key: str) -> bytes:
+    """A KeyValue's key, serialized, and the tag of its value (proto3 leaves an empty key
+    out)."""
+    encoded = key.encode()
+    return (b"\x0a" + _varint(len(encoded)) + encoded if encoded else b"") + b"\x12"
+
+
+# A record's fields by their JSON names: a record that names one by its own name (or has
+# fields we do not know) goes the general way.
+_JSON_NAMES = frozenset(field.json_name for field in _LOG_RECORD.fields)
+
+
+def _plain_record(record: dict[str, Any]) -> _Plain | None:
+    """The record as `_Plain`, if it is one (above); else None."""
+    if not record.keys() <= _JSON_NAMES:
+        return None
+    get = record.get  # null is unset, as in _from_json
+    times = _unsigned(get("timeUnixNano"), _U64)
+    observed = _unsigned(get("observedTimeUnixNano"), _U64)
+    flags = _unsigned(get("flags"), _U32)
+    dropped = _unsigned(get("droppedAttributesCount"), _U32)
+    severity = get("severityNumber")
+    if type(severity) is str:
+        severity = _SEVERITIES.get(severity)
+    elif severity is None:
+        severity = 0
+    text, event_name = get("severityText"), get("eventName")
+    trace, span = get("traceId"), get("spanId")
+    if (times is None or observed is None or flags is None or dropped is None
+            or type(severity) is not int or not 0 <= severity < 2**31
+            or (type(text) is not str and text is not None)
+            or (type(event_name) is not str and event_name is not None)
+            or (type(trace) is not str and trace is not None)
+            or (type(span) is not str and span is not None)):
+        return None
+    try:
+        trace_id = bytes.fromhex(trace) if trace else b""
+        span_id = bytes.fromhex(span) if span else b""
+    except ValueError:
+        return None
+    serialized = b"\x09" + _FIXED64(times) if times else b""
+    if severity:
+        serialized += b"\x10" + _varint(severity)
+    if text:
+        encoded = text.encode()
+        serialized += b"\x1a" + _varint(len(encoded)) + encoded
+    else:
+        text = ""
+    body = get("body")
+    if body is not None:
+        if type(body) is dict and len(body) == 1 and type(
+                string := body.get("stringValue")) is str:
+            encoded = string.encode()
+            value = b"\x0a" + _varint(len(encoded)) + encoded
+            body = string
+        elif (plain := _plain_value(body)) is not None:
+            body, value = plain
+        else:
+            return None
+        serialized += b"\x2a" + _varint(len(value)) + value
+    attributes: dict[str, Any] = {}
+    pairs = get("attributes")
+    if pairs is not None:
+        if type(pairs) is not list:
+            return None
+        for pair in pairs:
+            if type(pair) is not dict or len(pair) != 2:
+                return None
+            key, given = pair.get("key"), pair.get("value")
+            if type(key) is not str or type(given) is not dict or len(given) != 1:
+                return None
+            if type(string := given.get("stringValue")) is str:
+                attributes[key] = string
+                encoded = string.encode()
+                value = b"\x0a" + _varint(len(encoded)) + encoded
+            elif (plain := _plain_value(given)) is not None:
+                attributes[key], value = plain
+            else:
+                return None
+            pair_bytes = _key_field(key) + _varint(len(value)) + value
+            serialized += b"\x32" + _varint(len(pair_bytes)) + pair_bytes
+    if dropped:
+        serialized += b"\x38" + _varint(dropped)
+    if flags:
+        serialized += b"\x45" + _FIXED32(flags)
+    if trace_id:
+        serialized += b"\x4a" + _varint(len(trace_id)) + trace_id
+    if span_id:
+        serialized += b"\x52" + _varint(len(span_id)) + span_id
+    if observed:
+        serialized += b"\x59" + _FIXED64(observed)
+    if event_name:
+        encoded = event_name.encode()
+        serialized += b"\x62" + _varint(len(encoded)) + encoded
+    plain_record = _Plain()
+    plain_record.serialized = serialized
+    plain_record.nanos = times or observed
+    plain_record.payload = payload = {
+        "body": body, "severity_number": severity, "severity_text": text,
+        "attributes": attributes, "trace_id": trace_id.hex(), "span_id": span_id.hex(),
+        "flags": flags, "time_unix_nano": str(times),
+        "observed_time_unix_nano": str(observed)}
+    if event_name:
+        payload["event_name"] = event_name
+    if dropped:
+        payload["dropped_attributes_count"] = dropped
+    return plain_record
+
+
 def _converter(field: FieldDescriptor) -> Callable[[Any, int], Any]:
     kind, name = field.type, field.json_name
     if kind == FieldDescriptor.TYPE_MESSAGE:
@@ -259,6 +431,8 @@ def _converter(field: FieldDescriptor) -> Callable[[Any, int], Any]:
             return _any_value
         if message is _KEY_VALUE:
             return _key_value
+        if message is _LOG_RECORD:
+            return _log_record
         return lambda value, depth: _from_json(message, value, depth + 1)
     if kind in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL) and not _repeated(field):
         return _as_is  # read in _from_json; the constructor checks the type
@@ -324,7 +498,7 @@ def count(message: ExportLogsServiceRequest) -> int:
 # -- the mapping ---------------------------------------------------------------------------------
 
 def records(message: ExportLogsServiceRequest, settings: Settings,
-            hints: list[tuple[dict[str, Any] | None, Any]] | None = None) -> Records:
+            hints: list[_Plain | None] | None = None) -> Records:
     """Every log record of the request as an event; those that fail /publish's checks are
     counted as rejected, the first few named.
 
@@ -369,7 +543,7 @@ def _shared_problems(topic: str, source: str, shared: dict[str, Any]) -> list[st
 
 
 def _events(message: ExportLogsServiceRequest, topic_attribute: str,
-            hints: list[tuple[dict[str, Any] | None, Any]] | None = None
+            hints: list[_Plain | None] | None = None
             ) -> Iterator[tuple[dict[str, Any], dict[str, Any], list[str]]]:
     """Each record as an event without its resource and scope, those (shared by the records of
     a scope, to add to its payload), and their problems."""
@@ -395,30 +569,34 @@ def _events(message: ExportLogsServiceRequest, topic_attribute: str,
             identity = hashlib.sha256(resource_bytes + _framed(
                 scope.SerializeToString(deterministic=True), scope_logs.schema_url.encode()))
             for record in scope_logs.log_records:
-                nanos = record.time_unix_nano or record.observed_time_unix_nano
+                plain = None if hints is None else hints[index]
+                index += 1
+                if plain is None:
+                    nanos = record.time_unix_nano or record.observed_time_unix_nano
+                    payload = record_json(record)
+                else:  # the record's message is a stand-in: what its JSON said
+                    nanos, payload = plain.nanos, plain.payload
                 if not nanos:
                     received = received or time.time_ns()
                     nanos = received
-                if hints is None:
-                    payload = record_json(record)
-                else:
-                    payload = record_json(record, *hints[index])
-                    index += 1
                 uid = payload["attributes"].get(RECORD_UID)
-                event_id = uid if isinstance(uid, str) and uid else _digest(identity, record)
+                if isinstance(uid, str) and uid:
+                    event_id = uid
+                else:
+                    event_id = _digest(identity, record.SerializeToString(deterministic=True)
+                                       if plain is None else plain.serialized)
                 yield ({"topic": topic, "event_id": event_id, "timestamp": _rfc3339(nanos),
                         "source": source, "payload": payload}, shared, shared_problems)
 
 
-def record_json(record: LogRecord, attributes: dict[str, Any] | None = None,
-                body: Any = UNREAD) -> dict[str, Any]:
-    """What the record carries, as JSON: ids in hex, 64-bit times as strings (as OTLP's JSON);
-    its attributes and body as given, if they are (`_hints`)."""
+def record_json(record: LogRecord) -> dict[str, Any]:
+    """What the record carries, as JSON: ids in hex, 64-bit times as strings (as OTLP's JSON).
+    (`_plain_record` makes the same of a plain record's JSON.)"""
     payload = {
-        "body": any_value_json(record.body) if body is UNREAD else body,
+        "body": any_value_json(record.body),
         "severity_number": record.severity_number,
         "severity_text": record.severity_text,
-        "attributes": attributes_json(record.attributes) if attributes is None else attributes,
+        "attributes": attributes_json(record.attributes),
         "trace_id": record.trace_id.hex(),
         "span_id": record.span_id.hex(),
         "flags": record.flags,
@@ -471,10 +649,9 @@ def _framed(*parts: bytes) -> bytes:
     return b"".join(struct.pack(">Q", len(part)) + part for part in parts)
 
 
-def _digest(identity: Any, record: Message) -> str:
+def _digest(identity: Any, serialized: bytes) -> str:
     """The SHA-256 of the record's resource and scope (`identity`, hashed once per scope) and
-    the record, each framed by its length."""
-    serialized = record.SerializeToString(deterministic=True)
+    the record (serialized deterministically), each framed by its length."""
     digest = identity.copy()
     digest.update(_LENGTH(len(serialized)) + serialized)
     return str(digest.hexdigest())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
+from typing import Any
 
 import orjson
 import pytest
@@ -106,15 +107,36 @@ JSON_VALUES = st.recursive(
     max_leaves=30)
 
 
-def same_events(decoded: otlp.Decoded) -> None:
-    """The events of a JSON request are the same, byte for byte, with the hints of its JSON
-    as read from the message alone (but for the time ingest read a record without one)."""
+def same_events(body: bytes) -> None:
+    """The events of a JSON request, its plain records read straight from the JSON
+    (`_plain_record`), are the same, byte for byte, as those of its messages built the general
+    way, and as those of the same messages sent in protobuf (but for the time ingest read a
+    record without one); a plain record's serialization is protobuf's of its message."""
     settings = Settings.from_env({})
-    hinted = otlp.records(decoded.message, settings, decoded.hints)
-    plain = otlp.records(decoded.message, settings)
-    assert (hinted.rejected, hinted.problems) == (plain.rejected, plain.problems)
-    assert ([orjson.dumps({**e, "timestamp": None}) for e in hinted.events]
-            == [orjson.dumps({**e, "timestamp": None}) for e in plain.events])
+    decoded = otlp.read(body, otlp.JSON)
+    message = otlp.decode(body, otlp.JSON)
+    assert decoded.hints is not None
+    built = [record for resource in message.resource_logs for scope in resource.scope_logs
+             for record in scope.log_records]
+    assert len(built) == len(decoded.hints) == otlp.count(decoded.message)
+    for record, hint in zip(built, decoded.hints, strict=True):
+        if hint is not None:
+            assert hint.serialized == record.SerializeToString(deterministic=True)
+            assert orjson.dumps(hint.payload) == orjson.dumps(otlp.record_json(record))
+    as_protobuf = otlp.read(message.SerializeToString(), otlp.PROTOBUF)
+    assert as_protobuf.message == message
+    found = [otlp.records(decoded.message, settings, decoded.hints),
+             otlp.records(message, settings), otlp.records(as_protobuf.message, settings)]
+    assert len({(f.rejected, tuple(f.problems)) for f in found}) == 1
+    assert len({tuple(orjson.dumps(untimed(e)) for e in f.events) for f in found}) == 1
+
+
+def untimed(event: dict[str, Any]) -> dict[str, Any]:
+    """The event, its timestamp left out if ingest took it (the record had no time)."""
+    payload = event["payload"]
+    if payload["time_unix_nano"] == payload["observed_time_unix_nano"] == "0":
+        return {**event, "timestamp": None}
+    return event
 
 
 @given(JSON_VALUES)
@@ -124,47 +146,75 @@ def test_any_json_is_a_request_or_a_400(body: object) -> None:
     except ApiError as error:
         assert error.status == 400
         return
-    same_events(decoded)
+    assert decoded.hints is not None
+    same_events(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS))
 
 
 PLAIN_VALUES = st.one_of(
     st.none(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=5),
-    st.dictionaries(st.sampled_from(["stringValue", "intValue", "boolValue", "x"]),
+    st.dictionaries(st.sampled_from(["stringValue", "intValue", "boolValue", "doubleValue",
+                                     "string_value", "x"]),
                     st.one_of(st.text(max_size=3),
-                              st.sampled_from(["42", "-1", "0042", "x", str(2**63), str(2**64)]),
-                              st.integers(-3, 3), st.booleans(), st.none()), max_size=2))
-
-
-@given(st.lists(st.one_of(
+                              st.sampled_from(["42", "-1", "0042", "x", "", "٣", str(2**63),
+                                               str(2**64), "NaN"]),
+                              st.integers(-(2**63), 2**64 - 1), st.booleans(), st.none(),
+                              st.floats()), max_size=2))
+ATTRIBUTES = st.lists(st.one_of(
     st.dictionaries(st.sampled_from(["key", "value", "x"]),
-                    st.one_of(st.sampled_from(["a", "b", "log.record.uid"]), PLAIN_VALUES),
+                    st.one_of(st.sampled_from(["a", "", "é", "log.record.uid"]), PLAIN_VALUES),
                     max_size=3),
-    st.fixed_dictionaries({"key": st.sampled_from(["a", "b", "log.record.uid"]),
-                           "value": PLAIN_VALUES})), max_size=4), PLAIN_VALUES)
-def test_the_hints_of_json_change_no_event(attributes: list[object], body: object) -> None:
-    """Attributes and bodies of strings and integers, the shapes the hints take, and their
-    neighbours: given twice, empty, of other types, with unknown fields."""
-    record = {"attributes": attributes, "body": body, "timeUnixNano": "1"}
-    request = {"resourceLogs": [{"scopeLogs": [{"logRecords": [record, {"body": body}]}]}]}
+    st.fixed_dictionaries({"key": st.sampled_from(["a", "b", "", "ключ", "log.record.uid"]),
+                           "value": PLAIN_VALUES})), max_size=4)
+UNSIGNED = st.one_of(st.none(), st.integers(-1, 2**64 - 1), st.sampled_from(
+    ["", "0", "00", "7", "0042", "-1", "1e3", "٣", str(2**32 - 1), str(2**32), str(2**64 - 1),
+     str(2**64)]), st.booleans(), st.floats(0, 10))
+HEX = st.one_of(st.none(), st.integers(0, 3), st.binary(max_size=17).map(bytes.hex),
+                st.sampled_from(["", "0", "AbCd", "ab cd", "zz", "00" * 16]))
+TEXT = st.one_of(st.none(), st.text(max_size=5), st.integers(0, 1), st.booleans())
+# A record's fields, by their JSON names mostly: the plain records and their neighbours.
+RECORD_FIELDS = {
+    "timeUnixNano": UNSIGNED, "observedTimeUnixNano": UNSIGNED, "flags": UNSIGNED,
+    "droppedAttributesCount": UNSIGNED, "traceId": HEX, "spanId": HEX, "severityText": TEXT,
+    "eventName": TEXT, "body": PLAIN_VALUES, "attributes": ATTRIBUTES,
+    "severityNumber": st.one_of(st.none(), st.integers(-1, 2**31), st.booleans(),
+                                st.sampled_from(["SEVERITY_NUMBER_WARN", "WARN", "9"])),
+    "time_unix_nano": UNSIGNED, "trace_id": HEX, "somethingNew": TEXT}
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(sorted(RECORD_FIELDS)), st.none(), max_size=12)
+                .flatmap(lambda names: st.fixed_dictionaries(
+                    {name: RECORD_FIELDS[name] for name in names})), max_size=3))
+def test_plain_records_read_from_json_are_what_protobuf_gives(records: list[object]) -> None:
+    """Records of plain values (`_plain_record`) and their neighbours: every field null, absent,
+    of its type in and out of range, of another type; values given twice, empty; names of
+    fields by their own name, unknown. Read straight from the JSON, each is the event, event
+    id and serialization of its message built the general way, and of protobuf's."""
+    request = {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}
     try:
-        decoded = otlp.read(orjson.dumps(request), otlp.JSON)
+        otlp.decode(orjson.dumps(request), otlp.JSON)
     except ApiError as error:
         assert error.status == 400
+        with pytest.raises(ApiError):  # what the general way refuses is refused
+            otlp.read(orjson.dumps(request), otlp.JSON)
         return
-    assert decoded.hints is not None
-    same_events(decoded)
+    same_events(orjson.dumps(request))
 
 
-def test_the_hints_of_json_are_taken_where_plain() -> None:
+def test_plain_records_are_read_from_json_the_others_built() -> None:
     body = otlp_json(every_kind())
     record = body["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]  # type: ignore[index]
     plain = {**record, "body": {"stringValue": "paid"}, "attributes": [
         {"key": "a", "value": {"stringValue": "x"}}, {"key": "n", "value": {"intValue": "42"}},
-        {"key": "a", "value": {"stringValue": "y"}}]}
-    body["resourceLogs"][0]["scopeLogs"][0]["logRecords"].append(plain)  # type: ignore[index]
+        {"key": "a", "value": {"stringValue": "y"}}, {"key": "d", "value": {"doubleValue": 0.5}},
+        {"key": "b", "value": {"boolValue": False}}]}
+    snake = {"time_unix_nano": "1", "body": {"stringValue": "paid"}}
+    body["resourceLogs"][0]["scopeLogs"][0]["logRecords"].extend(  # type: ignore[index]
+        [plain, snake, {}])
     decoded = otlp.read(orjson.dumps(body), otlp.JSON)
-    assert decoded.hints == [(None, otlp.UNREAD), ({"a": "y", "n": 42}, "paid")]
-    same_events(decoded)
+    assert decoded.hints is not None
+    assert [hint is not None for hint in decoded.hints] == [False, True, False, True]
+    assert decoded.hints[1].payload["attributes"] == {"a": "y", "n": 42, "d": 0.5, "b": False}
+    same_events(orjson.dumps(body))
 
 
 @pytest.mark.parametrize("levels", [30, 31, 32, 46, 47, 48, 49, 60])
