@@ -118,17 +118,20 @@ def _ms(value: float | None) -> str:
 
 async def send(workload: Workload, *, url: str, batch: int, concurrency: int, rate: float | None,
                max_retries: int = 8, timeout: float = 30,  # noqa: ASYNC109
-               key: str | None = None) -> Report:
+               key: str | None = None,
+               bodies: Iterator[tuple[bytes, int]] | None = None) -> Report:
     """Send every event of `workload` to `{url}/publish`; `rate` caps events per second; `key`
     goes in `Authorization: Bearer` (none when None or empty: AUTH=off).
 
     `timeout` bounds each HTTP request, not the whole send (which `asyncio.timeout` would): a
-    request that times out is retried like a dropped connection.
+    request that times out is retried like a dropped connection. `bodies`: the workload's
+    request bodies as `batches` makes them, when the caller made some ahead (the bench).
     """
     _check(url=url, batch=batch, concurrency=concurrency, rate=rate, max_retries=max_retries,
            timeout=timeout)
     tally = _Tally()
-    bodies = batches(workload.encoded(), batch)
+    if bodies is None:
+        bodies = batches(workload.encoded(), batch)
     started = time.perf_counter()
     # One connection per worker at most: each worker has one request in flight.
     connector = aiohttp.TCPConnector(limit=concurrency)
