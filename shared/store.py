@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -327,23 +327,30 @@ class Store:
                 return cursor.rowcount
 
     async def _raise_floor(self, params: dict[str, Any]) -> bool:
-        return await self._exclusively("lock_floor", params, ["raise_floor"])
+        return await self._exclusively("lock_floor", params, self._running("raise_floor"))
 
-    async def _exclusively(self, lock: str, params: dict[str, Any], statements: list[str]
-                           ) -> bool:
-        """Run `statements` in one transaction under the exclusive advisory lock `lock`
-        names; False, with nothing done, when it could not be had within
-        FLOOR_LOCK_TIMEOUT (settling transactions held it)."""
+    async def _exclusively(self, lock: str, params: dict[str, Any],
+                           work: Callable[[AsyncConnection[Any], dict[str, Any]],
+                                          Awaitable[None]]) -> bool:
+        """Do `work` in one transaction under the exclusive advisory lock the statement `lock`
+        takes; False, with nothing done, when it could not be had within FLOOR_LOCK_TIMEOUT
+        (settling transactions held it)."""
         try:
             async with self.pool.connection() as conn, conn.transaction():
                 await conn.execute(self._sql["floor_lock_timeout"],
                                    {"lock_timeout": FLOOR_LOCK_TIMEOUT})
                 await conn.execute(self._sql[lock], params)
-                for statement in statements:
-                    await conn.execute(self._sql[statement], params)
+                await work(conn, params)
         except psycopg.errors.LockNotAvailable:
             return False
         return True
+
+    def _running(self, statement: str) -> Callable[[AsyncConnection[Any], dict[str, Any]],
+                                                   Awaitable[None]]:
+        """Work for `_exclusively`: one named statement, with the lock's parameters."""
+        async def run(conn: AsyncConnection[Any], params: dict[str, Any]) -> None:
+            await conn.execute(self._sql[statement], params)
+        return run
 
     async def generations(self, stream: int | None = None) -> Generations:
         """This stream's generations of dedup keys, oldest first."""
@@ -370,7 +377,8 @@ class Store:
             next_id = ahead.id
         params = {"lock": FLOOR_LOCK, "stream": stream, "next": next_id, "now_ms": now_ms}
         with translated():
-            return await self._exclusively("lock_floor", params, ["turn_generation"])
+            return await self._exclusively("lock_floor", params,
+                                           self._running("turn_generation"))
 
     async def forget_generation(self, generation: int, forgotten_ms: int) -> bool:
         """Stop remembering an older generation's keys and drop them (O(1): one partition);
@@ -378,7 +386,8 @@ class Store:
         params = {"lock": FLOOR_LOCK, "stream": await self.stream_id(),
                   "generation": generation, "forgotten_ms": forgotten_ms}
         with translated():
-            return await self._exclusively("lock_floor", params, ["forget_generation"])
+            return await self._exclusively("lock_floor", params,
+                                           self._running("forget_generation"))
 
     async def expire_dead_letters(self, before_ms: int, rows: int = FOLD_ROWS) -> int:
         """Remove up to `rows` dead letters of events received before `before_ms` (and below
@@ -400,29 +409,23 @@ class Store:
                                       drop: Sequence[int]) -> bool:
         """Add partitions (lower_ms, upper_ms) and drop those starting at `drop`, in one
         transaction; False when settling transactions held the partitions lock."""
-        statements = ["add_event_partition"] * len(add) + ["drop_event_partition"] * len(drop)
-        if not statements:
+        if not add and not drop:
             return True
-        try:
-            with translated():
-                async with self.pool.connection() as conn, conn.transaction():
-                    await conn.execute(self._sql["floor_lock_timeout"],
-                                       {"lock_timeout": FLOOR_LOCK_TIMEOUT})
-                    await conn.execute(self._sql["lock_partitions"],
-                                       {"partitions_lock": PARTITIONS_LOCK})
-                    # The list read again under the lock: another consumer may have changed it.
-                    cursor = await conn.execute(self._sql["event_partitions"])
-                    existing = {int(lower) for lower, _ in await cursor.fetchall()}
-                    for lower, upper in add:
-                        if lower not in existing:
-                            await conn.execute(self._sql["add_event_partition"],
-                                               {"lower_ms": lower, "upper_ms": upper})
-                    for lower in drop:
-                        await conn.execute(self._sql["drop_event_partition"],
-                                           {"lower_ms": lower})
-        except psycopg.errors.LockNotAvailable:
-            return False
-        return True
+
+        async def change(conn: AsyncConnection[Any], _: dict[str, Any]) -> None:
+            # The list read again under the lock: another consumer may have changed it.
+            cursor = await conn.execute(self._sql["event_partitions"])
+            existing = {int(lower) for lower, _ in await cursor.fetchall()}
+            for lower, upper in add:
+                if lower not in existing:
+                    await conn.execute(self._sql["add_event_partition"],
+                                       {"lower_ms": lower, "upper_ms": upper})
+            for lower in drop:
+                await conn.execute(self._sql["drop_event_partition"], {"lower_ms": lower})
+
+        with translated():
+            return await self._exclusively("lock_partitions",
+                                           {"partitions_lock": PARTITIONS_LOCK}, change)
 
     async def floor(self) -> StreamId:
         """The settled floor: every position of this stream below it was settled and acked."""

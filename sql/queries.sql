@@ -383,7 +383,7 @@ WITH batch AS (
       -- redelivery of one counted long ago, and is not counted (SPEC §4's alarm covers how
       -- a first delivery could land there).
       AND (b.stream_ms, b.stream_seq)
-          >= (SELECT floor_ms, floor_seq FROM streams WHERE id = %(stream)b::smallint)
+          >= (%(floor_ms)b::bigint, %(floor_seq)b::bigint)
       AND NOT EXISTS (SELECT 1 FROM dead_letters d
                       WHERE d.stream = %(stream)b::smallint AND d.stream_ms = b.stream_ms
                         AND d.stream_seq = b.stream_seq)
