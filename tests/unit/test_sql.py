@@ -14,10 +14,11 @@ from shared.paths import ROOT, SQL_DIR
 
 def _names_used_by_the_store() -> set[str]:
     """The quoted query names in shared/store.py: inside `self._sql[...]`, or handed to
-    `self._letters(...)`, which looks its first argument up."""
+    `self._letters(...)`, `self._exclusively(...)` or `self._running(...)`, which look their
+    first argument up."""
     source = (ROOT / "shared" / "store.py").read_text()
     expressions = re.findall(r"self\._sql\[([^\]]*)\]", source)
-    expressions += re.findall(r"self\._letters\(([^,]*),", source)
+    expressions += re.findall(r"self\._(?:letters|exclusively|running)\(([^,)]*)[,)]", source)
     return {name for expression in expressions
             for name in re.findall(r"""["'](\w+)["']""", expression)}
 
