@@ -266,8 +266,10 @@ class Store:
                         row = await cursor.fetchone()
             assert row is not None
             stream = int(row[0])
-            if (await self.generations(stream)).current is None:
-                await self.turn_generation(None, stream)  # a new stream's first generation
+            # A new stream's first generation. Another process (or task) may be making it at
+            # the same time, or hold the floor lock past FLOOR_LOCK_TIMEOUT: then try again.
+            while (await self.generations(stream)).current is None:
+                await self.turn_generation(None, stream)
             self._stream_id = stream
         return self._stream_id
 

@@ -12,6 +12,7 @@ from typing import Any, cast
 import psycopg
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from services.consumer.recovery import Recovery
 from services.stack.servers import PostgresServer
@@ -144,25 +145,38 @@ async def test_keeping_hold_refreshes_only_what_the_consumer_still_holds(
 CLAIM_IDLE_MS = 500
 
 
-async def settle_waits_for_the_floor(sql: psycopg.Connection[Any]) -> bool:
+async def settle_waits_for_the_floor(sql: psycopg.Connection[Any], redis: Redis,
+                                     settings: Settings, holder: bytes) -> bool:
+    """`holder` has read the batch and one transaction waits for the floor's lock. Both, since
+    a consumer's start also takes that lock (making the event partitions) before it has made
+    the group or read anything."""
     await asyncio.sleep(0)
     row = sql.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                       "AND wait_event = 'advisory' AND pid <> pg_backend_pid()").fetchone()
-    return bool(row and row[0] == 1)
+    if not (row and row[0] == 1):
+        return False
+    try:
+        entries = await held(redis, settings)
+    except ResponseError:  # NOGROUP: the consumer is still starting
+        return False
+    return bool(entries) and all(who == holder for who, _, _ in entries.values())
 
 
 async def test_a_batch_settling_for_longer_than_claim_idle_ms_stays_with_its_consumer(
         settings: Settings, stream: Stream, store: Store, redis: Redis,
         sql: psycopg.Connection[Any]) -> None:
     await publish(stream, [event(f"e{i % 20}") for i in range(30)])
+    # Made now: the first call makes the stream's first generation under the floor lock, which
+    # must not be what waits below.
+    stream_id = await store.stream_id()
     slow = consumer(settings, stream, store, "slow", claim_idle_ms=CLAIM_IDLE_MS)
     other = consumer(settings, stream, store, "other", claim_idle_ms=CLAIM_IDLE_MS)
     async with running(slow):
         # Every settling transaction shares the settled floor's lock: holding it makes them
         # wait. Released before the consumers are stopped, which they could not be meanwhile.
-        sql.execute("SELECT pg_advisory_lock(%s, %s)", [FLOOR_LOCK, await store.stream_id()])
+        sql.execute("SELECT pg_advisory_lock(%s, %s)", [FLOOR_LOCK, stream_id])
         try:
-            await eventually(lambda: settle_waits_for_the_floor(sql),
+            await eventually(lambda: settle_waits_for_the_floor(sql, redis, settings, b"slow"),
                              what="slow's batch waits for the floor")
             async with running(other):
                 # Watch the batch while it waits 4 * CLAIM_IDLE_MS, with `other` scanning for
