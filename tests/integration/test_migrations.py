@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from services.cli import main
-from services.stack.servers import PostgresServer
+from services.stack.servers import PostgresServer, free_port
 from shared.exceptions import DatabaseEncodingError
 from shared.migrations import migrate
 from shared.paths import ROOT
@@ -70,6 +70,15 @@ def test_logagg_migrate_says_why_it_refuses_a_database_in_another_encoding(
         f"logagg: database '{name}' is in the LATIN1 encoding; logagg needs UTF8. Let `logagg "
         f"migrate` create the database, or create it yourself with CREATE DATABASE \"{name}\" "
         f"ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0\n")
+
+
+def test_logagg_migrate_says_in_one_line_that_postgresql_did_not_answer(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/logagg")
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("logagg: cannot migrate: PostgreSQL did not answer: connection ")
+    assert "Traceback" not in err
 
 
 def test_migrate_creates_its_database_in_utf8_on_a_cluster_whose_default_is_sql_ascii(
