@@ -147,9 +147,9 @@ CLAIM_IDLE_MS = 500
 
 async def settle_waits_for_the_floor(sql: psycopg.Connection[Any], redis: Redis,
                                      settings: Settings, holder: bytes) -> bool:
-    """`holder` has read the batch and one transaction waits for the floor's lock. Both, since
-    a consumer's start also takes that lock (making the event partitions) before it has made
-    the group or read anything."""
+    """`holder` has read the batch and one transaction waits for the floor's lock. Both: a
+    wait for that lock can also come before any read (a stream's first `stream_id()` makes its
+    first dedup generation under it), so a waiter alone does not say the batch is held."""
     await asyncio.sleep(0)
     row = sql.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                       "AND wait_event = 'advisory' AND pid <> pg_backend_pid()").fetchone()
