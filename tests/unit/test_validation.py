@@ -8,6 +8,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rfc3339_validator import validate_rfc3339
 
 from shared import validation
 from shared.exceptions import ConfigurationError
@@ -141,6 +142,43 @@ def test_an_rfc_3339_timestamp_is_accepted(timestamp: str) -> None:
         "hour-25", "space-no-offset", "offset-without-colon", "no-seconds", "yesterday", "empty"])
 def test_a_timestamp_that_is_not_rfc_3339_is_rejected(timestamp: str) -> None:
     assert paths(problems([event(timestamp=timestamp)])) == ["/timestamp"]
+
+
+# Timestamps shaped like RFC 3339 date-times, each part drawn from around its valid range:
+# leap years (1900, 2000, 2024), day 0, days 29 to 31 of every month, year 0000, a trailing
+# newline (which the pattern's `$` lets through), lowercase letters. In `_DATES` only the date
+# varies, so that the day of the month decides often.
+_YEARS = st.sampled_from(["0000", "0001", "1900", "2000", "2023", "2024", "2100", "9999", "20x4"])
+_MONTHS = st.sampled_from(["00", "01", "02", "04", "06", "09", "11", "12", "13", "1"])
+_DAYS = st.sampled_from(["00", "01", "09", "28", "29", "30", "31", "32", "3", "x1"])
+_DATES = st.builds("{}-{}-{}T10:00:00Z".format, _YEARS, _MONTHS, _DAYS)
+_NEAR_DATE_TIMES = st.builds(
+    "{}-{}-{}{}{}:{}:{}{}{}{}".format, _YEARS, _MONTHS, _DAYS,
+    st.sampled_from(["T", "t", " "]),
+    st.sampled_from(["00", "23", "24", "9"]),
+    st.sampled_from(["00", "59", "60"]),
+    st.sampled_from(["00", "59", "60"]),
+    st.sampled_from(["", ".5", ".123456789", "."]),
+    st.sampled_from(["Z", "z", "+07:00", "-23:59", "+24:00", "+0700", ""]),
+    st.sampled_from(["", "\n", " ", "x"]))
+
+
+@given(st.one_of(_DATES, _NEAR_DATE_TIMES, st.text(max_size=40)))
+@settings(max_examples=3000)
+def test_the_fast_date_time_check_answers_as_rfc3339_validator(text: str) -> None:
+    """The fast check's `format: date-time` (every event's timestamp) is
+    `validation.is_date_time`, in place of rfc3339_validator's: the same answer for every
+    string."""
+    assert validation.is_date_time(text) is validate_rfc3339(text)
+
+
+def test_the_timestamps_drawn_above_reach_both_answers() -> None:
+    """Guards the test above: its strings are not all rejected by the pattern."""
+    assert validation.is_date_time("2024-02-29T10:00:00Z")
+    assert not validation.is_date_time("2023-02-29T10:00:00Z")
+    assert not validation.is_date_time("0000-01-01T10:00:00Z")
+    assert validation.is_date_time("2000-02-29T10:00:00Z\n")
+    assert not validation.is_date_time("1900-02-29T10:00:00Z")
 
 
 @pytest.mark.parametrize("timestamp", [1764064800, 1764064800.5, None, True, [], {}],
