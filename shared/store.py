@@ -118,14 +118,18 @@ def _shard() -> int:
     return random.randrange(COUNTER_SHARDS)
 
 
-def _columns(entries: Sequence[Entry]) -> dict[str, list[Any]]:
-    """A batch as the arrays the settling statements unnest, one per column."""
-    return {
+def _columns(entries: Sequence[Entry], content: bool = True) -> dict[str, list[Any]]:
+    """A batch as the arrays the settling statements unnest, one per column: keys and
+    positions, and unless `content` is False, what each event holds."""
+    columns: dict[str, list[Any]] = {
         "topics": [e.topic for e in entries], "event_ids": [e.event_id for e in entries],
-        "timestamps": [e.timestamp for e in entries], "sources": [e.source for e in entries],
-        "payloads": [e.payload.decode() for e in entries],
         "stream_ms": [e.id.ms for e in entries], "stream_seq": [e.id.seq for e in entries],
     }
+    if content:
+        columns |= {"timestamps": [e.timestamp for e in entries],
+                    "sources": [e.source for e in entries],
+                    "payloads": [e.payload.decode() for e in entries]}
+    return columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,7 +548,7 @@ class Store:
         # the first accepted copy of a key stored under a later one).
         rest = [e for e in entries if e.id not in unique]
         cursor = await conn.execute(self._sql["count_batch"], {
-            "stream": stream, **gate, **_columns(rest),
+            "stream": stream, **gate, **_columns(rest, content=False),
             "unique_topics": [row[0] for row in inserted], "revived_topics": revived,
             "shard": _shard(),
         })

@@ -298,11 +298,12 @@ FROM stored;
 -- written (`duplicate`: this batch's duplicates, and the copies its entries displaced), and
 -- the moves (`moved`: the new position, and the one the stored copy held).
 WITH batch AS (
+    -- Keys and positions only: what a copy holds is not needed to count it (move_events
+    -- takes the content of a moved key's new copy).
     SELECT *
-    FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(timestamps)b::text[],
-                %(sources)b::text[], %(payloads)b::text[], %(stream_ms)b::bigint[],
+    FROM unnest(%(topics)b::text[], %(event_ids)b::text[], %(stream_ms)b::bigint[],
                 %(stream_seq)b::bigint[])
-         AS b(topic, event_id, ts, source, payload, stream_ms, stream_seq)
+         AS b(topic, event_id, stream_ms, stream_seq)
 ), first_copies AS (
     -- Each key's first copy among the entries not given up on, as insert_unique picks it: a
     -- late delivery of a dead letter before a live copy must not hide the live one, nor may an
