@@ -9,10 +9,14 @@ starts: the pool opens without waiting unless its role says so, and calls made m
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -34,13 +38,19 @@ class Role:
     pool_size: int  # connections at most
     pool_timeout: float  # seconds a call waits for a connection before StoreUnavailable
     wait_for_store: bool  # open only once PostgreSQL answers
+    # A pooled connection not handed out for longer than this is checked before it is
+    # (`LivenessCheck`); 0: every time.
+    check_after_s: float = 0.0
 
 
 # Ingest serves concurrent reads, and a read answers 503 quickly while PostgreSQL is down;
 # a consumer settles one batch at a time and waits out outages; a command-line tool wants the
 # store at once or a clear failure.
 INGEST = Role("ingest", pool_size=4, pool_timeout=2.0, wait_for_store=False)
-CONSUMER = Role("consumer", pool_size=1, pool_timeout=30.0, wait_for_store=False)
+# A consumer takes its connection for every batch: it skips the check while busy (see
+# `LivenessCheck`), as its Redis connection does (`health_check_interval`).
+CONSUMER = Role("consumer", pool_size=1, pool_timeout=30.0, wait_for_store=False,
+                check_after_s=2.0)
 TOOL = Role("tool", pool_size=1, pool_timeout=30.0, wait_for_store=True)
 
 
@@ -75,6 +85,28 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
 
 
+class LivenessCheck:
+    """The pool's check of a connection before handing it out: a round trip, skipped for a
+    connection handed out within the last `after_s` seconds. A busy consumer takes its
+    connection for every batch, and the check was one of the seven round trips a batch costs.
+    A connection that died since its last use (its server restarted a moment ago) then fails
+    the call that takes it, which raises StoreUnavailable like any outage met mid-call (the
+    consumer retries its batch), and the pool does not hand it out again
+    (`integration/test_clients.py`)."""
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._handed_out: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary())
+
+    async def __call__(self, conn: AsyncConnection[Any]) -> None:
+        now = time.monotonic()
+        last = self._handed_out.get(conn)
+        if last is None or now - last > self.after_s:
+            await AsyncConnectionPool.check_connection(conn)
+        self._handed_out[conn] = now  # after the check: one that fails is not recorded
+
+
 def make_pool(database_url: str, role: Role, name: str) -> AsyncConnectionPool:
     """A pool that is not open yet.
 
@@ -82,14 +114,14 @@ def make_pool(database_url: str, role: Role, name: str) -> AsyncConnectionPool:
     block, so none is left open by accident between statements. Sessions are set up as
     SESSION_OPTIONS says, and named after their process (`application_name`, as
     pg_stat_activity shows them). A connection that died with its server is dropped instead of
-    handed out.
+    handed out, unless the role's `check_after_s` lets a busy one skip the check.
     """
     return AsyncConnectionPool(
         database_url, min_size=1, max_size=role.pool_size, name=name,
         timeout=role.pool_timeout, open=False,
         kwargs={"autocommit": True, "options": SESSION_OPTIONS, "application_name": name,
                 **KEEPALIVES},
-        check=AsyncConnectionPool.check_connection)
+        check=LivenessCheck(role.check_after_s))
 
 
 @asynccontextmanager
