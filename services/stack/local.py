@@ -266,6 +266,12 @@ def add_appendfsync_argument(parser: argparse.ArgumentParser) -> None:
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+def add_demo_and_up_arguments(parser: argparse.ArgumentParser) -> None:
+    """`logagg demo` runs the stack as `logagg up` does: it takes up's options, and its own."""
+    add_up_arguments(parser)
+    add_demo_arguments(parser)
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--duplicates", type=float, default=0.3)

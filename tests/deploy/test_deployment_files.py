@@ -597,7 +597,8 @@ def test_logagg_up_demo_and_bench_default_to_the_compose_appendfsync(
     assert compose_default == DEFAULT_APPENDFSYNC
     assert RedisServer(Path("unused")).appendfsync == compose_default
     for command in ("up", "demo", "bench"):
-        assert _parser().parse_args([command]).redis_appendfsync == compose_default, command
+        args = _parser([command]).parse_args([command])
+        assert args.redis_appendfsync == compose_default, command
 
 
 def test_redis_refuses_writes_at_its_memory_limit_instead_of_evicting_as_logagg_up_does(
