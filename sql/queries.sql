@@ -26,8 +26,9 @@ SELECT pg_advisory_xact_lock_shared(%(lock)s::int4, %(stream)s::int4),
 
 -- name: gate
 -- Right after share_floor: the settled floor, the stream's generations of dedup keys and its
--- forgotten horizon, which the settling statements take as parameters: constants, so that
--- PostgreSQL prunes the partitions of the generations they do not name before running.
+-- forgotten horizon, which the settling statements take as parameters, read once. (They do not
+-- make PostgreSQL prune the partitions of other generations: a prepared statement's generic
+-- plan cannot prune by `= ANY(<array parameter>)`; see insert_unique's `fresh`.)
 SELECT floor_ms, floor_seq, generation, older_generations, forgotten_ms, forgotten_at_ms,
        forgotten_at_seq
 FROM streams WHERE id = %(stream)s;
@@ -234,11 +235,16 @@ WITH batch AS (
                         AND d.stream_seq = b.stream_seq)
     ORDER BY b.topic, b.event_id, b.stream_ms, b.stream_seq
 ), fresh AS (
-    -- Not in an older generation (none to look in, most of the time: their partitions are
-    -- pruned before the statement runs). A probe for each key, as above.
+    -- Not in an older generation: a probe for each key, as above, unless there is no older
+    -- generation (most of the time). The test of `older` comes first and is what spares the
+    -- probe: once psycopg prepares the statement and PostgreSQL keeps a generic plan, nothing
+    -- prunes partitions by `generation = ANY(<array parameter>)` (only by a constant array,
+    -- in a plan made for the values), so the probe would descend the index of every
+    -- generation's partition, the current one and those made ahead included.
     SELECT f.*
     FROM firsts f
-    WHERE NOT EXISTS (SELECT 1 FROM dedup_keys k
+    WHERE cardinality(%(older)s::integer[]) = 0
+       OR NOT EXISTS (SELECT 1 FROM dedup_keys k
                       WHERE k.topic = f.topic AND k.event_id = f.event_id
                         AND k.generation = ANY(%(older)s::integer[])
                       OFFSET 0)
