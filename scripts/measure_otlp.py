@@ -28,15 +28,8 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from scripts.measure_edge import servers, settings_for
+from services.bench.probes import cpu_seconds
 from services.stack.servers import free_port
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def otlp_request(batch: int, round_: int) -> ExportLogsServiceRequest:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import time
 import uuid
@@ -26,33 +25,16 @@ from pathlib import Path
 import orjson
 
 from scripts.measure_edge import servers, settings_for
+from services.bench.probes import children, cpu_seconds
 from shared.clients import CONSUMER, opened
 from shared.constants import EVENT_FIELD
 from shared.entries import Entry
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def postgres_cpu_seconds(data_dir: Path) -> float:
     """The postmaster's CPU time and that of every process it started."""
     postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
-    total = cpu_seconds(postmaster)
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-                if parent == postmaster:
-                    total += cpu_seconds(int(name))
-            except (OSError, ValueError):
-                pass  # gone meanwhile
-    return total
+    return sum(map(cpu_seconds, [postmaster, *children(postmaster)]))
 
 
 def workload(events: int, seed: int = 2026) -> list[Entry]:
